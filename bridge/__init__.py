@@ -1,0 +1,99 @@
+"""bridge: an NNX-style Module system on JAX, and adapters to and from ``flax.linen``.
+
+``import bridge as nnx`` runs flax.nnx code for everything bridge implements.
+
+>>> import jax.numpy as jnp
+>>> import bridge as nnx
+>>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+>>> graphdef, state = nnx.split(model)
+>>> nnx.merge(graphdef, state)(jnp.ones((1, 2))).shape
+(1, 3)
+"""
+
+from bridge import filters, graph, object, variables
+from bridge.filters import All, Any, Everything, Not, Nothing, OfType, PathContains, PathIn, WithTag
+from bridge.graph import (
+  GraphDef,
+  clone,
+  flatten,
+  graphdef,
+  iter_graph,
+  merge,
+  pop,
+  split,
+  unflatten,
+  update,
+)
+from bridge.graph import state as _graph_state
+from bridge.module import Dict, List, Module, Sequential, iter_children, iter_modules
+from bridge.nn import initializers
+from bridge.nn.activations import (
+  celu,
+  elu,
+  gelu,
+  glu,
+  hard_sigmoid,
+  hard_silu,
+  hard_swish,
+  hard_tanh,
+  identity,
+  leaky_relu,
+  log_sigmoid,
+  log_softmax,
+  logsumexp,
+  one_hot,
+  relu,
+  selu,
+  sigmoid,
+  silu,
+  soft_sign,
+  softmax,
+  softplus,
+  standardize,
+  swish,
+  tanh,
+)
+from bridge.nn.linear import Linear
+from bridge.object import Object
+from bridge.rngs import (
+  RngCount,
+  RngKey,
+  Rngs,
+  RngState,
+  RngStream,
+  fork_rngs,
+  reseed,
+  restore_rngs,
+  split_rngs,
+)
+from bridge.state import (
+  FlatState,
+  State,
+  filter_state,
+  from_flat_state,
+  map_state,
+  merge_state,
+  replace_by_pure_dict,
+  restore_int_paths,
+  split_state,
+  to_flat_state,
+  to_pure_dict,
+)
+from bridge.variables import (
+  BatchStat,
+  Cache,
+  Intermediate,
+  Param,
+  Perturbation,
+  Variable,
+  VariableMetadata,
+  register_variable_name,
+  variable_name_from_type,
+  variable_type_from_name,
+  with_metadata,
+)
+
+# ``bridge.state`` is the function, as ``nnx.state`` is; the module is ``bridge.state`` in
+# sys.modules, so ``from bridge.state import State`` still works.
+state = _graph_state
+Pytree = Object

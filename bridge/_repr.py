@@ -1,0 +1,86 @@
+"""Readable reprs for Variables, States and Objects, in flax.nnx's layout.
+
+>>> import jax.numpy as jnp
+>>> import bridge as nnx
+>>> print(nnx.Param(jnp.zeros(3)))
+Param( # 3 (12 B)
+  value=Array([0., 0., 0.], dtype=float32)
+)
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def _indent(text: str, by: str = '  ') -> str:
+  return text.replace('\n', '\n' + by)
+
+
+def _size_comment(values) -> str:
+  arrays = [x for x in jax.tree.leaves(values) if hasattr(x, 'size') and hasattr(x, 'dtype')]
+  if not arrays:
+    return ''
+  size = sum(int(x.size) for x in arrays)
+  nbytes = sum(int(x.size) * np.dtype(x.dtype).itemsize if not jax.dtypes.issubdtype(
+    x.dtype, jax.dtypes.prng_key) else int(x.size) * 8 for x in arrays)
+  return f' # {size:,} ({_bytes(nbytes)})'
+
+
+def _bytes(n: int) -> str:
+  for unit in ('B', 'KB', 'MB', 'GB'):
+    if n < 1000 or unit == 'GB':
+      return f'{n:.1f} {unit}'.replace('.0 ', ' ') if unit != 'B' else f'{n} B'
+    n /= 1000
+  return f'{n} B'  # pragma: no cover
+
+
+def variable_repr(v, *, compact_arrays: bool = False) -> str:
+  value = v._raw_value
+  shown = _array_summary(value) if compact_arrays else repr(value)
+  lines = [f'value={_indent(shown)}']
+  lines += [f'{k}={_indent(repr(m))}' for k, m in v._metadata.items()]
+  body = ',\n'.join(lines)
+  return f'{type(v).__name__}({_size_comment(value)}\n  {_indent(body)}\n)'
+
+
+def _array_summary(value) -> str:
+  if isinstance(value, (jax.Array, np.ndarray)):
+    return f'Array(shape={value.shape}, dtype={value.dtype})'
+  return repr(value)
+
+
+def state_repr(state) -> str:
+  from bridge.state import State
+
+  def walk(s) -> str:
+    if not len(s):
+      return '{}'
+    items = []
+    for k, v in s.items():
+      inner = walk(v) if isinstance(v, State) else repr(v)
+      items.append(f'{k!r}: {_indent(inner)}')
+    return '{\n  ' + ',\n  '.join(items) + '\n}'
+
+  return f'State({walk(state)})'
+
+
+def object_repr(obj) -> str:
+  from bridge.variables import Variable
+
+  children = obj._graph_children()
+  variables = [v for v in children.values() if isinstance(v, Variable)]
+  lines = []
+  for k, v in children.items():
+    if isinstance(v, Variable):
+      shown = variable_repr(v, compact_arrays=True)
+    elif isinstance(v, (jax.Array, np.ndarray)):
+      shown = _array_summary(v)
+    else:
+      shown = repr(v)
+    lines.append(f'{k}={_indent(shown)}')
+  comment = _size_comment([v._raw_value for v in variables]) if variables else ''
+  if not lines:
+    return f'{type(obj).__name__}()'
+  return f'{type(obj).__name__}({comment}\n  ' + ',\n  '.join(lines) + '\n)'

@@ -1,0 +1,1 @@
+"""Layers on the ``bridge`` core, with flax.nnx's signatures."""

@@ -1,0 +1,531 @@
+"""Variables: values with a type, metadata and hooks.
+
+A ``Variable`` holds one value (usually an array) and any metadata as attributes. Its type
+says what the value is for (``Param`` is learned, ``BatchStat`` is a running statistic,
+``Cache`` holds decoding state, ``Intermediate`` holds sown values) and is what filters,
+``split`` and the Linen adapters key on. Variables are pytrees whose only child is the value,
+so ``jax.tree.map(jnp.shape, state)`` keeps the Variables and shows the shapes.
+
+>>> import jax.numpy as jnp
+>>> import bridge as nnx
+>>> w = nnx.Param(jnp.ones((2, 3)), sharding=('in', 'out'))
+>>> w.shape, w.sharding
+((2, 3), ('in', 'out'))
+>>> (jnp.ones((1, 2)) @ w).tolist()
+[[2.0, 2.0, 2.0]]
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from bridge._static import hashable
+
+MISSING = object()
+
+# Hook names as flax 0.12 spells them, and the seed pages' names for the same hooks.
+HOOK_NAMES = ('on_set_value', 'on_get_value', 'on_create_value', 'on_add_axis', 'on_remove_axis')
+SEED_HOOK_NAMES = {
+  'set_value_hooks': 'on_set_value',
+  'get_value_hooks': 'on_get_value',
+  'create_value_hooks': 'on_create_value',
+  'add_axis_hooks': 'on_add_axis',
+  'remove_axis_hooks': 'on_remove_axis',
+}
+
+
+def _as_hooks(hooks) -> tuple:
+  """One hook, a sequence of hooks or nothing, as a tuple."""
+  if not hooks:
+    return ()
+  if callable(hooks):
+    return (hooks,)
+  return tuple(hooks)
+
+
+def canonical_hooks(kwargs: dict) -> dict:
+  """Pops hook arguments in either spelling out of ``kwargs``; returns them by flax name.
+
+  Raises when both spellings of one hook are given.
+  """
+  hooks = {}
+  for seed_name, flax_name in SEED_HOOK_NAMES.items():
+    seed, flax = kwargs.pop(seed_name, ()), kwargs.pop(flax_name, ())
+    if seed and flax:
+      raise TypeError(f'Give {flax_name!r} or {seed_name!r}, not both: they are the same hook.')
+    if value := _as_hooks(seed or flax):
+      hooks[flax_name] = value
+  return hooks
+
+
+class VariableMetadata:
+  """A value waiting to become a Variable, with the hooks and metadata it will carry.
+
+  Initializers wrapped by :func:`with_metadata` return one; any Variable built from it
+  carries its metadata and hooks. Hook arguments take either the seed pages' names
+  (``set_value_hooks``, ...) or flax's (``on_set_value``, ...).
+
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> m = nnx.VariableMetadata(jnp.zeros(2), metadata={'sharding': ('x',)})
+  >>> nnx.Param(m).sharding
+  ('x',)
+  """
+
+  __slots__ = ('raw_value', 'metadata', *HOOK_NAMES)
+
+  def __init__(self, raw_value, set_value_hooks=(), get_value_hooks=(), create_value_hooks=(),
+               add_axis_hooks=(), remove_axis_hooks=(), metadata=None, **flax_hooks):
+    unknown = set(flax_hooks) - set(HOOK_NAMES)
+    if unknown:
+      raise TypeError(f'VariableMetadata got unexpected arguments {sorted(unknown)}')
+    hooks = canonical_hooks({
+      'set_value_hooks': set_value_hooks, 'get_value_hooks': get_value_hooks,
+      'create_value_hooks': create_value_hooks, 'add_axis_hooks': add_axis_hooks,
+      'remove_axis_hooks': remove_axis_hooks, **flax_hooks})
+    self.raw_value = raw_value
+    self.metadata = dict(metadata or {})
+    for name in HOOK_NAMES:
+      setattr(self, name, hooks.get(name, ()))
+
+  set_value_hooks = property(lambda self: self.on_set_value)
+  get_value_hooks = property(lambda self: self.on_get_value)
+  create_value_hooks = property(lambda self: self.on_create_value)
+  add_axis_hooks = property(lambda self: self.on_add_axis)
+  remove_axis_hooks = property(lambda self: self.on_remove_axis)
+
+  def __repr__(self):
+    hooks = ''.join(f', {n}={getattr(self, n)!r}' for n in HOOK_NAMES if getattr(self, n))
+    return f'VariableMetadata(raw_value={self.raw_value!r}{hooks}, metadata={self.metadata!r})'
+
+
+def with_metadata(initializer, set_value_hooks=(), get_value_hooks=(), create_value_hooks=(),
+                  add_axis_hooks=(), remove_axis_hooks=(), **metadata):
+  """Wraps ``initializer`` so that its output carries hooks and metadata.
+
+  The wrapped initializer returns a :class:`VariableMetadata`; a Variable built from it
+  (``nnx.Param(init(key, shape))``) gets the metadata as attributes and runs the hooks.
+  flax's hook names (``on_set_value=...``) are accepted as keywords too.
+
+  >>> import jax, jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> init = nnx.with_metadata(nnx.initializers.ones_init(), sharding=('a', 'b'))
+  >>> p = nnx.Param(init(jax.random.key(0), (2, 3)))
+  >>> p.sharding, p.shape
+  (('a', 'b'), (2, 3))
+  """
+  hooks = canonical_hooks({
+    'set_value_hooks': set_value_hooks, 'get_value_hooks': get_value_hooks,
+    'create_value_hooks': create_value_hooks, 'add_axis_hooks': add_axis_hooks,
+    'remove_axis_hooks': remove_axis_hooks,
+    **{name: metadata.pop(name) for name in HOOK_NAMES if name in metadata}})
+
+  @functools.wraps(initializer)
+  def wrapper(*args, **kwargs):
+    return VariableMetadata(initializer(*args, **kwargs), metadata=metadata, **hooks)
+
+  return wrapper
+
+
+def _run_value_hooks(hooks, variable, value):
+  for hook in hooks:
+    value = hook(variable, value)
+  return value
+
+
+def _operator(name):
+  def method(self, *args):
+    return getattr(self.get_value(), name)(*(a.get_value() if isinstance(a, Variable) else a
+                                             for a in args))
+  method.__name__ = name
+  return method
+
+
+class Variable:
+  """The base of all Variable types: a value plus metadata, filterable by its type.
+
+  Subclass it to make a new kind of state; every subclass is a pytree and a filter.
+
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> class Counter(nnx.Variable):
+  ...   pass
+  >>> c = Counter(jnp.array(0))
+  >>> c.value += 1
+  >>> int(c[...]), type(c).__name__
+  (1, 'Counter')
+  """
+
+  __slots__ = ('_raw_value', '_metadata')
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    _register_pytree(cls)
+
+  def __init__(self, value, **metadata):
+    hooks = canonical_hooks(metadata)
+    if isinstance(value, VariableMetadata):
+      for name in HOOK_NAMES:
+        if getattr(value, name) and name not in hooks:
+          hooks[name] = getattr(value, name)
+      metadata = {**value.metadata, **metadata}
+      value = value.raw_value
+    if isinstance(value, Variable):
+      raise TypeError(
+        f'{type(self).__name__} got a {type(value).__name__} as its value; pass its array '
+        f'(`var.value`) or use `var.replace()` to retype it.')
+    for name in HOOK_NAMES:  # hooks defined as methods of a Variable subclass
+      if name not in hooks and callable(getattr(type(self), name, None)):
+        hooks[name] = (getattr(type(self), name),)
+    metadata.update(hooks)
+    object.__setattr__(self, '_metadata', metadata)
+    object.__setattr__(self, '_raw_value', value)
+    if 'on_create_value' in metadata:
+      value = _run_value_hooks(metadata['on_create_value'], self, value)
+      object.__setattr__(self, '_raw_value', value)
+
+  # -- value ---------------------------------------------------------------------------
+  @property
+  def raw_value(self):
+    """The stored value, without running get hooks."""
+    return self._raw_value
+
+  @raw_value.setter
+  def raw_value(self, value):
+    object.__setattr__(self, '_raw_value', value)
+
+  def get_value(self, *, index=MISSING):
+    """The value (``value[index]`` if given), after the get hooks."""
+    value = self._raw_value
+    if index is not MISSING and index is not Ellipsis:
+      value = value[index]
+    hooks = self._metadata.get('on_get_value')
+    return _run_value_hooks(hooks, self, value) if hooks else value
+
+  def set_value(self, value, *, index=MISSING):
+    """Stores ``value`` (or writes it at ``index``) after the set hooks."""
+    if isinstance(value, Variable):
+      value = value.get_value()
+    hooks = self._metadata.get('on_set_value')
+    if hooks:
+      value = _run_value_hooks(hooks, self, value)
+    if index is not MISSING and index is not Ellipsis:
+      current = self._raw_value
+      value = current.at[index].set(value) if isinstance(current, jax.Array) else _set_at(
+        current, index, value)
+    object.__setattr__(self, '_raw_value', value)
+
+  value = property(get_value, set_value, doc='The value, through the get and set hooks.')
+
+  def __getitem__(self, index):
+    return self.get_value(index=index)
+
+  def __setitem__(self, index, value):
+    self.set_value(value, index=index)
+
+  # -- metadata ------------------------------------------------------------------------
+  def get_metadata(self, name: str | None = None, default=MISSING):
+    """All metadata as a dict, or one entry (``default`` if it is missing)."""
+    if name is None:
+      return dict(self._metadata)
+    if name in self._metadata:
+      return self._metadata[name]
+    if default is MISSING:
+      raise KeyError(f'{type(self).__name__} has no metadata {name!r}; it has '
+                     f'{sorted(self._metadata)}')
+    return default
+
+  def set_metadata(self, *args, **kwargs) -> None:
+    """``set_metadata(name, value)``, ``set_metadata(**entries)`` or ``set_metadata(dict)``
+    (which replaces all metadata)."""
+    if len(args) == 2:
+      kwargs = {args[0]: args[1], **kwargs}
+      new = {**self._metadata, **kwargs}
+    elif len(args) == 1:
+      new = {**args[0], **kwargs}
+    else:
+      new = {**self._metadata, **kwargs}
+    object.__setattr__(self, '_metadata', new)
+
+  def __getattr__(self, name):
+    try:
+      metadata = object.__getattribute__(self, '_metadata')
+    except AttributeError:
+      raise AttributeError(name) from None
+    if name in metadata:
+      return metadata[name]
+    if name == 'sharding' and 'out_sharding' in metadata:
+      return metadata['out_sharding']
+    if name.startswith('__'):
+      raise AttributeError(name)
+    return getattr(object.__getattribute__(self, '_raw_value'), name)
+
+  def __setattr__(self, name, value):
+    if name in ('value', 'raw_value') or name in type(self).__dict__:
+      object.__setattr__(self, name, value)
+    elif name in self._metadata:
+      self.set_metadata(name, value)
+    else:
+      try:
+        object.__setattr__(self, name, value)
+      except AttributeError:
+        raise AttributeError(
+          f'{type(self).__name__} has no attribute {name!r}; to add metadata use '
+          f'`var.set_metadata({name}=...)`') from None
+
+  @property
+  def type(self):
+    """The Variable's type, e.g. ``Param``."""
+    return type(self)
+
+  # -- copies and axes -----------------------------------------------------------------
+  def replace(self, value=MISSING, **metadata):
+    """A new Variable of the same type with a new value and/or updated metadata.
+
+    Hooks are not re-run: the value is stored as given.
+    """
+    new = object.__new__(type(self))
+    object.__setattr__(new, '_metadata', {**self._metadata, **metadata})
+    object.__setattr__(new, '_raw_value', self._raw_value if value is MISSING else value)
+    return new
+
+  def copy(self, value=MISSING, **metadata):
+    """Alias of :meth:`replace` (flax's name)."""
+    return self.replace(value, **metadata)
+
+  def update_from_state(self, other: Variable) -> None:
+    """Takes the value and metadata of ``other`` (of the same type) in place."""
+    object.__setattr__(self, '_raw_value', other._raw_value)
+    object.__setattr__(self, '_metadata', dict(other._metadata))
+
+  copy_from = update_from_state
+
+  def add_axis(self, axis_index: int, axis_name) -> None:
+    """Runs the add-axis hooks: a transform is adding a mapped axis at ``axis_index``."""
+    for hook in self._metadata.get('on_add_axis', ()):
+      hook(self, axis_index, axis_name)
+
+  def remove_axis(self, axis_index: int, axis_name) -> None:
+    """Runs the remove-axis hooks: a transform is removing the axis at ``axis_index``."""
+    for hook in self._metadata.get('on_remove_axis', ()):
+      hook(self, axis_index, axis_name)
+
+  # -- behave like the array -----------------------------------------------------------
+  def __jax_array__(self):
+    return jnp.asarray(self.get_value())
+
+  def __array__(self, dtype=None, copy=None):
+    import numpy as np
+    return np.asarray(self.get_value(), dtype=dtype)
+
+  def __len__(self):
+    return len(self.get_value())
+
+  def __iter__(self):
+    return iter(self.get_value())
+
+  def __bool__(self):
+    return bool(self.get_value())
+
+  def __float__(self):
+    return float(self.get_value())
+
+  def __int__(self):
+    return int(self.get_value())
+
+  def __index__(self):
+    return self.get_value().__index__()
+
+  def __neg__(self):
+    return -self.get_value()
+
+  def __pos__(self):
+    return +self.get_value()
+
+  def __abs__(self):
+    return abs(self.get_value())
+
+  def __invert__(self):
+    return ~self.get_value()
+
+  __hash__ = object.__hash__
+
+  for _name in ('add sub mul matmul truediv floordiv mod pow lshift rshift and xor or divmod'
+                .split()):
+    locals()[f'__{_name}__'] = _operator(f'__{_name}__')
+    locals()[f'__r{_name}__'] = _operator(f'__r{_name}__')
+  for _name in ('eq', 'ne', 'lt', 'le', 'gt', 'ge'):
+    locals()[f'__{_name}__'] = _operator(f'__{_name}__')
+  del _name
+
+  def __repr__(self):
+    from bridge._repr import variable_repr
+    return variable_repr(self)
+
+  def __copy__(self):
+    return self.replace()
+
+  def __deepcopy__(self, memo):
+    import copy
+    new = object.__new__(type(self))
+    memo[id(self)] = new
+    object.__setattr__(new, '_metadata', copy.deepcopy(self._metadata, memo))
+    object.__setattr__(new, '_raw_value', copy.deepcopy(self._raw_value, memo))
+    return new
+
+  def __getstate__(self):
+    return {'_raw_value': self._raw_value, '_metadata': self._metadata}
+
+  def __setstate__(self, state):
+    object.__setattr__(self, '_raw_value', state['_raw_value'])
+    object.__setattr__(self, '_metadata', state['_metadata'])
+
+
+def _set_at(container, index, value):
+  """``container[index] = value`` on a copy, for non-array values (dicts, lists, tuples)."""
+  if isinstance(container, tuple):
+    items = list(container)
+    items[index] = value
+    return tuple(items)
+  new = type(container)(container)
+  new[index] = value
+  return new
+
+
+# -- pytree registration ------------------------------------------------------------------
+def _flatten_with_keys(v: Variable):
+  return ((jax.tree_util.GetAttrKey('value'), v._raw_value),), hashable(v._metadata)
+
+
+def _flatten(v: Variable):
+  return (v._raw_value,), hashable(v._metadata)
+
+
+def _unflatten(cls, metadata, children):
+  new = object.__new__(cls)
+  object.__setattr__(new, '_metadata', metadata.value)
+  object.__setattr__(new, '_raw_value', children[0])
+  return new
+
+
+def _register_pytree(cls):
+  jax.tree_util.register_pytree_with_keys(
+    cls, _flatten_with_keys, functools.partial(_unflatten, cls), _flatten)
+
+
+_register_pytree(Variable)
+
+
+class Param(Variable):
+  """A learnable parameter: what ``grad`` differentiates and optimizers update by default.
+
+  >>> import jax, jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> layer = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  >>> jax.tree.map(jnp.shape, nnx.state(layer))  # doctest: +NORMALIZE_WHITESPACE
+  State({
+    'bias': Param(
+      value=(3,)
+    ),
+    'kernel': Param(
+      value=(2, 3)
+    )
+  })
+  """
+  __slots__ = ()
+
+
+class BatchStat(Variable):
+  """A running statistic (BatchNorm's mean and var): state, but not learned by gradient."""
+  __slots__ = ()
+
+
+class Cache(Variable):
+  """Autoregressive decoding state (attention's cached keys and values)."""
+  __slots__ = ()
+
+
+class Intermediate(Variable):
+  """A value sown during a call (``Module.sow``), for inspection."""
+  __slots__ = ()
+
+
+class Perturbation(Intermediate):
+  """A zero value added to an intermediate so that its gradient can be taken."""
+  __slots__ = ()
+
+
+# -- collection name <-> Variable type ----------------------------------------------------
+_NAME_TO_TYPE: dict[str, type[Variable]] = {}
+_TYPE_TO_NAME: dict[type[Variable], str] = {}
+
+
+def register_variable_name(name: str, typ: type[Variable] | None = None, *, overwrite=False):
+  """Pairs a Linen collection name with a Variable type; usable as a class decorator.
+
+  >>> import bridge as nnx
+  >>> @nnx.register_variable_name('counts_doc')
+  ... class Count(nnx.Variable):
+  ...   pass
+  >>> nnx.variable_type_from_name('counts_doc') is Count
+  True
+  """
+  if typ is None:
+    return functools.partial(register_variable_name, name, overwrite=overwrite)
+  if not (isinstance(typ, type) and issubclass(typ, Variable)):
+    raise TypeError(f'register_variable_name({name!r}) needs a Variable subclass, got {typ!r}')
+  taken = _NAME_TO_TYPE.get(name)
+  if taken is not None and taken is not typ and not overwrite:
+    raise ValueError(
+      f'Collection name {name!r} is already registered to {taken.__name__}; pass '
+      f'overwrite=True to register {typ.__name__} in its place.')
+  if taken is not None:
+    _TYPE_TO_NAME.pop(taken, None)
+  _NAME_TO_TYPE[name] = typ
+  _TYPE_TO_NAME[typ] = name
+  return typ
+
+
+def variable_name_from_type(typ: type[Variable], /, *, allow_register: bool = False) -> str:
+  """The collection name of a Variable type (its registered name, or with
+  ``allow_register`` its class name, registered on the spot).
+
+  >>> import bridge as nnx
+  >>> nnx.variable_name_from_type(nnx.Param)
+  'params'
+  """
+  if typ in _TYPE_TO_NAME:
+    return _TYPE_TO_NAME[typ]
+  if not allow_register:
+    raise ValueError(
+      f'Variable type {typ.__name__} has no collection name; register one with '
+      f'`bridge.register_variable_name(name)` or pass allow_register=True.')
+  register_variable_name(typ.__name__, typ)
+  return typ.__name__
+
+
+def variable_type_from_name(name: str, /, *, allow_register: bool = True) -> type[Variable]:
+  """The Variable type of a collection name; with ``allow_register`` an unknown name gets
+  a new Variable subclass named after it.
+
+  >>> import bridge as nnx
+  >>> nnx.variable_type_from_name('batch_stats') is nnx.BatchStat
+  True
+  >>> nnx.variable_type_from_name('my_stats_doc').__name__
+  'my_stats_doc'
+  """
+  if name in _NAME_TO_TYPE:
+    return _NAME_TO_TYPE[name]
+  if not allow_register:
+    raise ValueError(f'No Variable type is registered for collection {name!r}; known: '
+                     f'{sorted(_NAME_TO_TYPE)}')
+  return register_variable_name(name, type(name, (Variable,), {'__module__': __name__}))
+
+
+for _pair in (('params', Param), ('batch_stats', BatchStat), ('cache', Cache),
+              ('intermediates', Intermediate)):
+  register_variable_name(*_pair)
+del _pair

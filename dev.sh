@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Creates (once) the project's virtual environment in .venv and runs a command in it.
+#   ./dev.sh demo   runs the demo
+#   ./dev.sh test   runs ruff and the test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import bridge, pytest' 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+fi
+case "${1:-}" in
+  demo) exec .venv/bin/python examples/demo.py ;;
+  test) .venv/bin/ruff check . && exec .venv/bin/python -m pytest -n 2 tests ;;
+  *) echo "usage: ./dev.sh demo|test" >&2; exit 2 ;;
+esac

@@ -1,0 +1,11 @@
+"""Test setup: 8 CPU devices for sharding tests (set before jax is imported)."""
+
+import os
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # noqa: E402
+
+assert jax.device_count() == 8, 'tests expect 8 CPU devices (XLA_FLAGS set too late?)'
