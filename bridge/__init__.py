@@ -54,7 +54,9 @@ from bridge.nn.activations import (
   tanh,
 )
 from bridge.nn.linear import Linear
+from bridge.nn.normalization import BatchNorm
 from bridge.object import Object
+from bridge.optimizer import OptArray, Optimizer, OptState, OptVariable
 from bridge.rngs import (
   RngCount,
   RngKey,
@@ -79,6 +81,8 @@ from bridge.state import (
   to_flat_state,
   to_pure_dict,
 )
+from bridge.transforms.autodiff import DiffState, grad, value_and_grad
+from bridge.transforms.jit import jit
 from bridge.variables import (
   BatchStat,
   Cache,

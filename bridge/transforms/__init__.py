@@ -1,0 +1,1 @@
+"""NNX-style transforms: JAX transforms over functions of Modules."""

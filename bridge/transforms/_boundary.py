@@ -1,0 +1,299 @@
+"""The transform boundary: graph arguments in, pure arrays across, mutations back out.
+
+A transform's arguments may hold graph nodes (Modules, Rngs, Variables). At the boundary the
+nodes of all arguments are flattened together (so references shared between arguments stay
+shared) into a static ``GraphDef`` and a list of leaves. Inside, ``unflatten`` builds fresh
+nodes over traced leaves; after the function runs they are flattened again and each node
+remembers which input node it came from (its *origin*), so the caller's own objects are
+updated in place, new Variables and attributes included.
+
+The walk is cached per argument set and redone only when ``structure_epoch()`` moved or a
+plain list/dict inside the graph changed, so a steady-state call costs a list comprehension
+over the Variables, not a walk over Python objects.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+
+import jax
+import numpy as np
+
+from bridge.graph import (
+  GraphDef,
+  NodeDef,
+  StaticDef,
+  VariableDef,
+  _Flattener,
+  _Unflattener,
+)
+from bridge.object import Object, bump_structure_epoch, structure_epoch
+from bridge.variables import Variable
+
+GRAPH_TYPES = (Object, Variable)
+
+
+def is_graph(x) -> bool:
+  return isinstance(x, GRAPH_TYPES)
+
+
+class NodeSlot:
+  """Stands for graph argument ``index`` inside a pytree of ordinary arguments; static."""
+
+  __slots__ = ('index',)
+
+  def __init__(self, index: int):
+    self.index = index
+
+  def __eq__(self, other):
+    return isinstance(other, NodeSlot) and other.index == self.index
+
+  def __hash__(self):
+    return hash((NodeSlot, self.index))
+
+  def __repr__(self):
+    return f'NodeSlot({self.index})'
+
+
+jax.tree_util.register_pytree_node(NodeSlot, lambda s: ((), s.index), lambda i, _: NodeSlot(i))
+
+_PLAIN = (jax.Array, np.ndarray, np.generic, int, float, complex, bool, str, type(None))
+
+
+def extract(values: tp.Sequence, nodes: list) -> list:
+  """``values`` with every graph node replaced by a ``NodeSlot`` (nodes appended to
+  ``nodes``, each object once)."""
+  out = []
+  for v in values:
+    if isinstance(v, GRAPH_TYPES):
+      out.append(_slot(v, nodes))
+    elif isinstance(v, _PLAIN):
+      out.append(v)
+    else:
+      out.append(jax.tree.map(lambda x: _slot(x, nodes) if is_graph(x) else x, v,
+                              is_leaf=is_graph))
+  return out
+
+
+def _slot(node, nodes: list) -> NodeSlot:
+  for i, n in enumerate(nodes):
+    if n is node:
+      return NodeSlot(i)
+  nodes.append(node)
+  return NodeSlot(len(nodes) - 1)
+
+
+def insert(values, nodes: tp.Sequence):
+  """Undoes ``extract``: every ``NodeSlot`` replaced by its node."""
+  return jax.tree.map(lambda x: nodes[x.index] if isinstance(x, NodeSlot) else x, values,
+                      is_leaf=lambda x: isinstance(x, NodeSlot))
+
+
+# -- leaves that are not Variables: raw array attributes ----------------------------------
+class _AttrSlot:
+  """Write-back handle for a raw array attribute, shaped like a Variable (``_raw_value``)."""
+
+  __slots__ = ('parent', 'key')
+
+  def __init__(self, parent, key):
+    self.parent, self.key = parent, key
+
+  @property
+  def _raw_value(self):
+    if isinstance(self.parent, Object):
+      return self.parent._graph_children()[self.key]
+    return self.parent[self.key]
+
+  @_raw_value.setter
+  def _raw_value(self, value):
+    if isinstance(self.parent, Object):
+      object.__setattr__(self.parent, self.key, value)
+    else:
+      self.parent[self.key] = value
+
+
+class Flat:
+  """One walk of a set of graph arguments: GraphDef, leaf handles, nodes by index."""
+
+  __slots__ = ('graphdef', 'paths', 'handles', 'groups', 'nodes', 'containers', 'epoch',
+               'roots')
+
+  def __init__(self, roots: tuple):
+    f = _Flattener()
+    self.graphdef = GraphDef(f.walk(roots, ()))
+    self.nodes = f.nodes
+    self.paths = [path for path, _ in f.leaves]
+    self.handles = [leaf if isinstance(leaf, Variable) else _attr_slot(roots, path)
+                    for path, leaf in f.leaves]
+    bounds = [0] * (len(roots) + 1)  # leaves are in root order: root r's are a slice
+    for path, _ in f.leaves:
+      bounds[path[0] + 1] += 1
+    for r in range(len(roots)):
+      bounds[r + 1] += bounds[r]
+    self.groups = [self.handles[bounds[r]:bounds[r + 1]] for r in range(len(roots))]
+    self.containers = [(c, _snapshot(c)) for c in f.nodes if type(c) in (list, dict)]
+    self.epoch = structure_epoch()
+    self.roots = roots
+
+  def still_valid(self, roots: tuple) -> bool:
+    if len(roots) != len(self.roots):
+      return False
+    if any(a is not b for a, b in zip(roots, self.roots, strict=True)):
+      return False
+    if self.epoch != structure_epoch():
+      return False
+    return all(_snapshot(c) == snap for c, snap in self.containers)
+
+  def leaf_groups(self) -> list[list]:
+    """The current leaf values, one list per root."""
+    return [[h._raw_value for h in group] for group in self.groups]
+
+
+def _snapshot(container) -> tuple:
+  values = container.values() if isinstance(container, dict) else container
+  return (tuple(container) if isinstance(container, dict) else len(container),
+          tuple(map(id, values)))
+
+
+def _attr_slot(root, path):
+  parent = root
+  for key in path[:-1]:
+    parent = parent._graph_children()[key] if isinstance(parent, Object) else parent[key]
+  return _AttrSlot(parent, path[-1])
+
+
+class FlatCache:
+  """The last few walks of argument sets, reused while their structure is unchanged."""
+
+  __slots__ = ('entries', 'size')
+
+  def __init__(self, size: int = 4):
+    self.entries: list[Flat] = []
+    self.size = size
+
+  def get(self, roots: tuple) -> Flat:
+    for flat in self.entries:
+      if flat.still_valid(roots):
+        return flat
+    flat = Flat(roots)
+    self.entries = [flat, *(e for e in self.entries if e.roots is not roots)][:self.size]
+    return flat
+
+
+# -- inside the trace ---------------------------------------------------------------------
+def build_inside(graphdef: GraphDef, leaves: tp.Sequence):
+  """Fresh nodes over (traced) leaves; returns ``(roots, origin)`` where ``origin`` maps
+  ``id(node)`` to the node's index in ``graphdef``."""
+  it = iter(leaves)
+  u = _Unflattener(lambda path, d: next(it))
+  roots = u.build(graphdef.root, ())
+  return roots, {id(node): i for i, node in u.nodes.items()}
+
+
+def flatten_outside(roots: tuple, out, origin: dict):
+  """Flattens the nodes after the call together with the output; returns ``(static,
+  leaves)`` where ``static`` holds the GraphDef and each new node's origin."""
+  f = _Flattener()
+  root = f.walk((roots, out), ())
+  origins = tuple(origin.get(id(n), -1) for n in f.nodes)
+  return OutStatic(GraphDef(root), origins), [
+    leaf.raw_value if isinstance(leaf, Variable) else leaf for _, leaf in f.leaves]
+
+
+class OutStatic:
+  """Static result of the traced function: the output GraphDef and node origins."""
+
+  __slots__ = ('graphdef', 'origins', 'fast')
+
+  def __init__(self, graphdef, origins):
+    self.graphdef, self.origins, self.fast = graphdef, origins, None
+
+  def __eq__(self, other):
+    return isinstance(other, OutStatic) and (self.graphdef, self.origins) == (
+      other.graphdef, other.origins)
+
+  def __hash__(self):
+    return hash((self.graphdef, self.origins))
+
+
+class Box:
+  """A pytree node with no children carrying static data through ``jax.jit``'s output."""
+
+  __slots__ = ('value',)
+
+  def __init__(self, value):
+    self.value = value
+
+
+jax.tree_util.register_pytree_node(Box, lambda b: ((), b.value), lambda v, _: Box(v))
+
+
+# -- back in the caller -------------------------------------------------------------------
+def write_back(flat: Flat, static: OutStatic, leaves: list):
+  """Applies the traced function's effects to the caller's objects and returns its output.
+
+  The fast path (same structure, nothing new) assigns leaves to the cached handles; any
+  other case rebuilds the graph reusing the caller's objects in place.
+  """
+  if static.fast is None:
+    static.fast = _is_unchanged(flat, static)
+  if static.fast:
+    n = len(flat.handles)
+    for handle, value in zip(flat.handles, leaves[:n], strict=True):
+      handle._raw_value = value
+    out_def = static.graphdef.root.children[1][1]
+    if type(out_def) is StaticDef:
+      return out_def.value.value
+    u = _Unflattener(_leaf_iter(leaves[n:]))
+    u.nodes = dict(enumerate(flat.nodes))
+    return u.build(out_def, (1,))
+  reuse = {i: flat.nodes[o] for i, o in enumerate(static.origins) if o >= 0}
+  _, out = _Reuser(_leaf_iter(leaves), reuse).build(static.graphdef.root, ())
+  bump_structure_epoch()
+  return out
+
+
+def _leaf_iter(leaves):
+  it = iter(leaves)
+  return lambda path, d: next(it)
+
+
+def _is_unchanged(flat: Flat, static: OutStatic) -> bool:
+  roots_def = static.graphdef.root.children[0][1]
+  n = len(flat.nodes)
+  return roots_def == flat.graphdef.root and static.origins[:n] == tuple(range(n))
+
+
+class _Reuser(_Unflattener):
+  """Builds a graph, updating the caller's objects (by origin) instead of making new ones."""
+
+  __slots__ = ('reuse',)
+
+  def __init__(self, lookup, reuse: dict):
+    super().__init__(lookup)
+    self.reuse = reuse
+
+  def build(self, d, path):
+    index = d.index if type(d) in (NodeDef, VariableDef) else -1
+    target = self.reuse.get(index) if index >= 0 else None
+    if target is None:
+      return super().build(d, path)
+    self.nodes[index] = target
+    if isinstance(d, VariableDef):
+      leaf = self.lookup(path, d)
+      object.__setattr__(target, '_raw_value', leaf)
+      object.__setattr__(target, '_metadata', d.metadata.value)
+      return target
+    assert isinstance(d, NodeDef)
+    children = {k: self.build(c, (*path, k)) for k, c in d.children}
+    if d.kind == 'object':
+      if type(target)._graph_set_children is Object._graph_set_children:  # attributes
+        for k in set(target._graph_children()) - set(children):
+          object.__delattr__(target, k)
+      target._graph_set_children(children)
+    elif isinstance(target, dict):
+      target.clear()
+      target.update(children)
+    else:
+      target[:] = [children[i] for i in range(len(children))]
+    return target
