@@ -82,7 +82,17 @@ from bridge.state import (
   to_pure_dict,
 )
 from bridge.transforms.autodiff import DiffState, grad, value_and_grad
+from bridge.transforms.iteration import Carry, StateAxes, scan, vmap
 from bridge.transforms.jit import jit
+from bridge.transforms.lift import (
+  checkpoint,
+  cond,
+  eval_shape,
+  fori_loop,
+  remat,
+  switch,
+  while_loop,
+)
 from bridge.variables import (
   BatchStat,
   Cache,

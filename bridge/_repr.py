@@ -66,11 +66,28 @@ def state_repr(state) -> str:
   return f'State({walk(state)})'
 
 
+def _object_size_comment(obj) -> str:
+  """``' # Param: 9 (36 B)'``: every Variable under ``obj`` (once), by type, as flax.nnx
+  shows it, with a ``Total`` when there are several types."""
+  from bridge.graph import iter_graph
+  from bridge.variables import Variable
+
+  by_type: dict[str, list] = {}
+  for _, x in iter_graph(obj):
+    if isinstance(x, Variable):
+      by_type.setdefault(type(x).__name__, []).append(x._raw_value)
+  if not by_type:
+    return ''
+  parts = [f'{name}:{_size_comment(values)[2:]}' for name, values in by_type.items()]
+  if len(parts) > 1:
+    parts.append(f'Total:{_size_comment(list(by_type.values()))[2:]}')
+  return ' # ' + ', '.join(parts)
+
+
 def object_repr(obj) -> str:
   from bridge.variables import Variable
 
   children = obj._graph_children()
-  variables = [v for v in children.values() if isinstance(v, Variable)]
   lines = []
   for k, v in children.items():
     if isinstance(v, Variable):
@@ -80,7 +97,6 @@ def object_repr(obj) -> str:
     else:
       shown = repr(v)
     lines.append(f'{k}={_indent(shown)}')
-  comment = _size_comment([v._raw_value for v in variables]) if variables else ''
   if not lines:
     return f'{type(obj).__name__}()'
-  return f'{type(obj).__name__}({comment}\n  ' + ',\n  '.join(lines) + '\n)'
+  return f'{type(obj).__name__}({_object_size_comment(obj)}\n  ' + ',\n  '.join(lines) + '\n)'

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 
 def freeze(value):
-  """A hashable stand-in for ``value``: lists, tuples and dicts recursively, sets as
-  frozensets; unhashable objects by identity."""
+  """A hashable stand-in for ``value``: lists, tuples and dicts recursively (dicts
+  regardless of insertion order, as ``==`` compares them), sets as frozensets; unhashable
+  objects by identity."""
   if isinstance(value, (list, tuple)):
     return (type(value).__name__, tuple(freeze(v) for v in value))
   if isinstance(value, dict):
-    return ('dict', tuple((k, freeze(v)) for k, v in value.items()))
+    return ('dict', frozenset((k, freeze(v)) for k, v in value.items()))
   if isinstance(value, set):
     return frozenset(freeze(v) for v in value)
   try:
@@ -30,6 +31,8 @@ class hashable:  # noqa: N801 (reads as a function at call sites)
   >>> hashable({'a': [1, 2]}) == hashable({'a': [1, 2]})
   True
   >>> hash(hashable({'a': [1, 2]})) == hash(hashable({'a': [1, 2]}))
+  True
+  >>> hashable({'a': 1, 'b': 2}) == hashable({'b': 2, 'a': 1})
   True
   """
 

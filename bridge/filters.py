@@ -49,9 +49,11 @@ def to_predicate(filter: Filter) -> Predicate:
 
 
 def filters_to_predicates(filters: tp.Sequence[Filter]) -> tuple[Predicate, ...]:
-  """Predicates for ``split``-style filter lists; ``...``/``True`` may only come last."""
-  for i, f in enumerate(filters[:-1]):
-    if f is Ellipsis or f is True:
+  """Predicates for ``split``-style filter lists; ``...``/``True`` may only come last
+  (or be followed only by more of themselves, as flax allows)."""
+  catch_all = lambda f: f is Ellipsis or f is True
+  for i, f in enumerate(filters):
+    if catch_all(f) and not all(map(catch_all, filters[i + 1:])):
       raise ValueError(
         f'`...` or `True` matches everything, so it can only be the last filter; got it at '
         f'position {i} of {len(filters)}: {filters!r}')

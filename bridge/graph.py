@@ -23,6 +23,7 @@ True
 from __future__ import annotations
 
 import typing as tp
+from collections.abc import MutableMapping, MutableSequence
 
 import jax
 import numpy as np
@@ -341,11 +342,26 @@ def _child(parent, key, path, default=...):
       from None
 
 
+def _is_attribute_node(parent) -> bool:
+  """Whether ``parent``'s children are attributes (a Module) rather than items (a List,
+  Dict, list or dict)."""
+  return isinstance(parent, Object) and not isinstance(parent, (MutableMapping,
+                                                                MutableSequence))
+
+
 def _set_child(parent, key, value):
-  if isinstance(parent, Object):
+  if _is_attribute_node(parent):
     setattr(parent, key, value)
   else:
     parent[key] = value
+    bump_structure_epoch()
+
+
+def _del_child(parent, key):
+  if _is_attribute_node(parent):
+    delattr(parent, key)
+  else:
+    del parent[key]
     bump_structure_epoch()
 
 
@@ -379,16 +395,13 @@ def pop(node, *filters):
     raise TypeError('pop needs at least one filter (e.g. nnx.pop(model, nnx.Intermediate)).')
   _, leaves = flatten(node)
   states = _partition(leaves, filters, strict=False)
-  for popped in states:
-    for path, _ in popped.flat_state():
-      parent = node
-      for key in path[:-1]:
-        parent = _child(parent, key, path)
-      if isinstance(parent, Object):
-        delattr(parent, path[-1])
-      else:
-        del parent[path[-1]]
-        bump_structure_epoch()
+  # Last path first, so that deleting list item ``i`` does not shift the ones still to pop.
+  popped = FlatState(p for s in states for p in s.flat_state())
+  for path, _ in reversed(popped):
+    parent = node
+    for key in path[:-1]:
+      parent = _child(parent, key, path)
+    _del_child(parent, path[-1])
   return states[0] if len(states) == 1 else tuple(states)
 
 

@@ -224,19 +224,18 @@ def split_rngs(node=None, /, *, splits: int | tuple[int, ...], only=..., squeeze
     def decorator(f):
       @functools.wraps(f)
       def wrapper(*args, **kwargs):
-        backups = SplitBackups()
-        for arg in (*args, *kwargs.values()):
-          if isinstance(arg, Object):
-            backups.extend(split_rngs(arg, splits=splits, only=only, squeeze=squeeze))
-        with backups:
+        with split_rngs((args, kwargs), splits=splits, only=only, squeeze=squeeze):
           return f(*args, **kwargs)
       return wrapper
     return decorator
 
+  if squeeze and splits != 1:
+    raise ValueError(f'split_rngs: squeeze=True needs splits=1, got splits={splits!r}.')
   backups = SplitBackups()
   for _, stream in _streams(node, only):
-    backups.append((stream, stream.key.raw_value, stream.count.raw_value))
     key = jax.random.split(stream(), splits)
+    # like flax, the backup keeps the counter after this draw
+    backups.append((stream, stream.key.raw_value, stream.count.raw_value))
     if squeeze:
       key = key[0]
     stream.key.raw_value = key
@@ -252,30 +251,48 @@ def restore_rngs(backups: tp.Iterable) -> None:
 
 
 def fork_rngs(node, /, *, split=None):
-  """Reseeds every stream in ``node`` with its next key (split ``split`` ways if given);
-  returns backups for ``restore_rngs``."""
+  """Reseeds the streams in ``node`` with their next key (split ``split`` ways if given:
+  a size, or filters mapped to sizes, ``None`` meaning not split; streams no filter
+  matches are left alone); returns backups for ``restore_rngs``.
+
+  >>> import bridge as nnx
+  >>> rngs = nnx.Rngs(params=0, dropout=1)
+  >>> with nnx.fork_rngs(rngs, split={'params': 4, ...: None}):
+  ...   rngs.params.key.shape, rngs.dropout.key.shape
+  ((4,), ())
+  """
+  if split is None or isinstance(split, (int, tuple)):
+    split = {...: split}
+  rules = [(filterlib.to_predicate(f), n) for f, n in split.items()]
   backups = SplitBackups()
-  for _, stream in _streams(node, ...):
-    backups.append((stream, stream.key.raw_value, stream.count.raw_value))
-    key = stream()
-    if split is not None:
-      key = jax.random.split(key, split)
-    stream.key.raw_value = key
-    stream.count.raw_value = jnp.zeros(key.shape, dtype=jnp.uint32)
+  for path, stream in _streams(node, ...):
+    for predicate, n in rules:
+      if predicate((*path, 'key'), stream.key) and predicate((*path, 'count'), stream.count):
+        key = stream()
+        if n is not None:
+          key = jax.random.split(key, n)
+        # like flax, the backup keeps the counter after this draw
+        backups.append((stream, stream.key.raw_value, stream.count.raw_value))
+        stream.key.raw_value = key
+        stream.count.raw_value = jnp.zeros(key.shape, dtype=jnp.uint32)
+        break
   return backups
 
 
 def reseed(node, /, *, policy: str | tp.Callable = 'scalars_only', **stream_keys) -> None:
   """Resets the named streams in ``node`` to new seeds (counters back to zero).
 
-  ``policy`` says what to do with a stream whose key is not a scalar (after
-  ``split_rngs``): ``'scalars_only'`` raises, ``'match_shape'`` splits the new key to the
-  stream's shape, a callable ``(path, key, shape) -> key`` decides.
+  As in flax.nnx, the new keys are drawn from ``Rngs(**stream_keys)``: each stream
+  tagged ``name`` gets the next key of the stream ``name`` there, so two streams with
+  the same tag get different keys. ``policy`` says what to do with a stream whose key is
+  not a scalar (after ``split_rngs``): ``'scalars_only'`` raises, ``'match_shape'`` splits
+  the new key to the stream's shape, a callable ``(path, key, shape) -> key`` decides.
 
   >>> import bridge as nnx
   >>> rngs = nnx.Rngs(dropout=1)
+  >>> nnx.reseed(rngs, dropout=7)
   >>> a = rngs.dropout()
-  >>> nnx.reseed(rngs, dropout=1)
+  >>> nnx.reseed(rngs, dropout=7)
   >>> bool(rngs.dropout() == a)
   True
   """
@@ -286,9 +303,10 @@ def reseed(node, /, *, policy: str | tp.Callable = 'scalars_only', **stream_keys
   elif not callable(policy):
     raise ValueError(f"policy must be 'scalars_only', 'match_shape' or a callable, got "
                      f'{policy!r}')
+  seeds = Rngs(**stream_keys)
   for path, stream in _streams(node, ...):
     if stream.tag in stream_keys:
-      key = policy(path, _as_key(stream_keys[stream.tag]), stream.key.raw_value.shape)
+      key = policy(path, seeds[stream.tag](), stream.key.raw_value.shape)
       stream.key.raw_value = key
       stream.count.raw_value = jnp.zeros(key.shape, dtype=jnp.uint32)
 

@@ -104,7 +104,7 @@ class State(MutableMapping):
     return len(self._mapping)
 
   def __getattr__(self, name):
-    if name.startswith('__'):
+    if name.startswith('__') or name == '_mapping':
       raise AttributeError(name)
     try:
       return self._mapping[name]
@@ -116,6 +116,9 @@ class State(MutableMapping):
 
   __eq__ = object.__eq__
   __hash__ = None  # type: ignore[assignment]
+
+  def __reduce__(self):  # copy.deepcopy and pickle
+    return State, (self._mapping,)
 
   # -- flat views ------------------------------------------------------------------------
   def flat_state(self) -> FlatState:
@@ -167,13 +170,16 @@ class State(MutableMapping):
 
   # -- pure dicts ------------------------------------------------------------------------
   def to_pure_dict(self, extract_fn: tp.Callable | None = None) -> dict:
-    """Nested plain dicts of the Variables' values (for checkpoints)."""
+    """Nested plain dicts of the Variables' values (for checkpoints), keys sorted as in
+    ``flat_state`` and empty sub-States left out, as flax.nnx does."""
     extract = extract_fn or (lambda v: v.get_value() if isinstance(v, Variable) else v)
-
-    def walk(state):
-      return {k: walk(v) if isinstance(v, State) else extract(v) for k, v in state.items()}
-
-    return walk(self)
+    root: dict = {}
+    for path, leaf in self.flat_state():
+      node = root
+      for key in path[:-1]:
+        node = node.setdefault(key, {})
+      node[path[-1]] = extract(leaf)
+    return root
 
   def replace_by_pure_dict(self, pure_dict: Mapping, replace_fn: tp.Callable | None = None):
     """Puts the values of a pure dict into the State (each Variable replaced by one of the
@@ -190,6 +196,9 @@ class State(MutableMapping):
         key = _match_key(node, key, path)
         keys.append(key)
         parent, node = node, node[key]
+      if isinstance(node, State):
+        raise ValueError(f'replace_by_pure_dict: {"/".join(map(str, keys))!r} holds a '
+                         f'sub-State {list(node.keys())}, the pure dict has a leaf there.')
       parent[keys[-1]] = replace(node, value, tuple(keys)) if replace is _replace_checked \
         else replace(node, value)
 

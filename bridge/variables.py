@@ -144,6 +144,16 @@ def _operator(name):
   return method
 
 
+def _no_inplace(name, symbol):
+  def method(self, other):
+    raise NotImplementedError(
+      f'In-place operators on a Variable are not supported (nor in flax.nnx 0.12): '
+      f'`var {symbol}= x` would replace the Variable with an array. Write '
+      f'`var[...] {symbol}= x` or `var.value {symbol}= x` instead.')
+  method.__name__ = name
+  return method
+
+
 class Variable:
   """The base of all Variable types: a value plus metadata, filterable by its type.
 
@@ -264,17 +274,14 @@ class Variable:
     return getattr(object.__getattribute__(self, '_raw_value'), name)
 
   def __setattr__(self, name, value):
-    if name in ('value', 'raw_value') or name in type(self).__dict__:
+    if hasattr(getattr(type(self), name, None), '__set__'):  # value, raw_value, properties
       object.__setattr__(self, name, value)
     elif name in self._metadata:
       self.set_metadata(name, value)
-    else:
-      try:
-        object.__setattr__(self, name, value)
-      except AttributeError:
-        raise AttributeError(
-          f'{type(self).__name__} has no attribute {name!r}; to add metadata use '
-          f'`var.set_metadata({name}=...)`') from None
+    else:  # not even on a subclass with a __dict__: it would be lost by the pytree
+      raise AttributeError(
+        f'{type(self).__name__} has no attribute {name!r}; to add metadata use '
+        f'`var.set_metadata({name}=...)`')
 
   @property
   def type(self):
@@ -359,6 +366,10 @@ class Variable:
     locals()[f'__r{_name}__'] = _operator(f'__r{_name}__')
   for _name in ('eq', 'ne', 'lt', 'le', 'gt', 'ge'):
     locals()[f'__{_name}__'] = _operator(f'__{_name}__')
+  for _name, _symbol in zip('add sub mul matmul truediv floordiv mod pow lshift rshift and xor or'
+                            .split(), '+ - * @ / // % ** << >> & ^ |'.split(), strict=True):
+    locals()[f'__i{_name}__'] = _no_inplace(f'__i{_name}__', _symbol)
+  del _symbol
   del _name
 
   def __repr__(self):
@@ -390,7 +401,7 @@ def _set_at(container, index, value):
     items = list(container)
     items[index] = value
     return tuple(items)
-  new = type(container)(container)
+  new = container.copy()  # dict, list, numpy array
   new[index] = value
   return new
 
@@ -507,9 +518,10 @@ def variable_name_from_type(typ: type[Variable], /, *, allow_register: bool = Fa
   return typ.__name__
 
 
-def variable_type_from_name(name: str, /, *, allow_register: bool = True) -> type[Variable]:
+def variable_type_from_name(name: str, /, *, base: type[Variable] = Variable,
+                            allow_register: bool = True) -> type[Variable]:
   """The Variable type of a collection name; with ``allow_register`` an unknown name gets
-  a new Variable subclass named after it.
+  a new subclass of ``base`` named after it.
 
   >>> import bridge as nnx
   >>> nnx.variable_type_from_name('batch_stats') is nnx.BatchStat
@@ -522,7 +534,7 @@ def variable_type_from_name(name: str, /, *, allow_register: bool = True) -> typ
   if not allow_register:
     raise ValueError(f'No Variable type is registered for collection {name!r}; known: '
                      f'{sorted(_NAME_TO_TYPE)}')
-  return register_variable_name(name, type(name, (Variable,), {'__module__': __name__}))
+  return register_variable_name(name, type(name, (base,), {'__module__': __name__}))
 
 
 for _pair in (('params', Param), ('batch_stats', BatchStat), ('cache', Cache),

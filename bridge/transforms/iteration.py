@@ -1,0 +1,258 @@
+"""``vmap`` and ``scan`` over Modules, with ``StateAxes`` saying which Variables are mapped,
+carried or broadcast.
+
+The layer-stacking idiom: create ``N`` layers with ``vmap`` (their Variables gain a leading
+axis), run them in sequence with ``scan``.
+
+>>> import jax.numpy as jnp
+>>> import bridge as nnx
+>>> @nnx.split_rngs(splits=4)
+... @nnx.vmap(in_axes=0, out_axes=0)
+... def create(rngs):
+...   return nnx.Linear(3, 3, rngs=rngs)
+>>> layers = create(nnx.Rngs(0))
+>>> layers.kernel.value.shape
+(4, 3, 3)
+>>> @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+... def forward(x, layer):
+...   return layer(x)
+>>> forward(jnp.ones((2, 3)), layers).shape
+(2, 3)
+"""
+
+from __future__ import annotations
+
+import functools
+import typing as tp
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from bridge import filters as filterlib
+from bridge.graph import _Flattener
+from bridge.transforms._boundary import (
+  Box,
+  Flat,
+  NodeSlot,
+  build_inside,
+  extract,
+  flatten_outside,
+  insert,
+  write_back,
+)
+from bridge.variables import Variable
+
+
+class Carry:
+  """In ``scan``'s ``in_axes``/``out_axes``: this argument (or these Variables) is the
+  loop carry."""
+
+
+class StateAxes:
+  """Per-filter axes for a Module argument of ``vmap``/``scan``:
+  ``StateAxes({nnx.Param: 0, nnx.BatchStat: None, ...: Carry})``. A Variable takes the axis
+  of the first filter it matches; one that matches none is an error naming its path."""
+
+  def __init__(self, filter_axes: tp.Mapping):
+    self.filter_axes = dict(filter_axes)
+    self._rules = [(filterlib.to_predicate(f), a) for f, a in self.filter_axes.items()]
+
+  def axis(self, path, value):
+    for predicate, axis in self._rules:
+      if predicate(path, value):
+        return axis
+    raise ValueError(f'StateAxes: {type(value).__name__} at {"/".join(map(str, path))!r} '
+                     f'matches none of the filters {list(self.filter_axes)}; add `...: '
+                     'axis` to cover the rest.')
+
+  def __repr__(self):
+    return f'StateAxes({self.filter_axes!r})'
+
+
+def _leaf_axes(flat: Flat, dyn_args: list, specs: tuple) -> tuple[list, list]:
+  """The axis of every graph leaf (from its argument's spec) and of every other argument."""
+  root_spec: dict[int, tp.Any] = {}
+  arg_specs = []
+  for slot, spec in zip(dyn_args, specs, strict=True):
+    if isinstance(slot, NodeSlot):
+      root_spec.setdefault(slot.index, spec)
+      arg_specs.append(None)
+    elif isinstance(spec, StateAxes):
+      raise ValueError(f'StateAxes given for an argument that is not a Module: {slot!r}')
+    else:
+      arg_specs.append(spec)
+  leaf_axes = []
+  for path, handle in zip(flat.paths, flat.handles, strict=True):
+    spec = root_spec.get(path[0])
+    leaf_axes.append(spec.axis(path[1:], handle) if isinstance(spec, StateAxes) else spec)
+  return leaf_axes, arg_specs
+
+
+def _specs(axes, n: int) -> tuple:
+  if isinstance(axes, (tuple, list)):
+    if len(axes) != n:
+      raise ValueError(f'in_axes has {len(axes)} entries for {n} positional arguments.')
+    return tuple(axes)
+  return (axes,) * n
+
+
+def _axis_hooks(roots, axes: list, axis_name, method: str) -> None:
+  f = _Flattener()
+  f.walk(roots, ())
+  for (_, leaf), axis in zip(f.leaves, axes, strict=True):
+    if isinstance(leaf, Variable) and isinstance(axis, int):
+      getattr(leaf, method)(axis, axis_name)
+
+
+# -- vmap ---------------------------------------------------------------------------------
+def vmap(f=None, *, in_axes=0, out_axes=0, axis_name=None, axis_size=None,
+         spmd_axis_name=None, transform_metadata=None):
+  """``jax.vmap`` for functions of Modules. A Module argument's ``in_axes`` entry is an
+  axis for all its Variables, ``None`` (broadcast) or a ``StateAxes``. Changes made inside
+  are written back with each Variable's own axis; Variables created inside get their
+  Module's axis, and the function's output gets ``out_axes``. Variables' add/remove-axis
+  hooks run as the axis is removed on entry and added back on exit."""
+  if f is None:
+    return functools.partial(vmap, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name,
+                             axis_size=axis_size, spmd_axis_name=spmd_axis_name,
+                             transform_metadata=transform_metadata)
+
+  @functools.wraps(f)
+  def wrapper(*args):
+    nodes: list = []
+    dyn_args = extract(list(args), nodes)
+    flat = Flat(tuple(nodes))
+    specs = _specs(in_axes, len(args))
+    leaf_axes, arg_specs = _leaf_axes(flat, dyn_args, specs)
+    root_spec = {s.index: spec for s, spec in zip(dyn_args, specs, strict=True)
+                 if isinstance(s, NodeSlot)}
+
+    index_of = {id(n): i for i, n in enumerate(flat.nodes)}
+    axis_by_index = {index_of[id(h)]: a for h, a in zip(flat.handles, leaf_axes, strict=True)
+                     if isinstance(h, Variable)}
+
+    def out_axis(path, leaf, origin):
+      """An input Variable keeps its axis, a new Variable in a Module argument takes that
+      argument's axis, the function's output takes ``out_axes``."""
+      o = origin.get(id(leaf), -1) if isinstance(leaf, Variable) else -1
+      if o >= 0:
+        return axis_by_index[o]
+      if path[0] == 0:
+        spec = root_spec.get(path[1])
+        return spec.axis(path[2:], leaf) if isinstance(spec, StateAxes) else spec
+      if isinstance(out_axes, (tuple, list)):
+        return out_axes[path[1]]
+      return out_axes
+
+    def pure(leaves, dyn):
+      roots, origin = build_inside(flat.graphdef, leaves)
+      _axis_hooks(roots, leaf_axes, axis_name, 'remove_axis')
+      out = f(*insert(dyn, roots))
+      walked = _Flattener()
+      walked.walk((roots, out), ())
+      axes = tuple(out_axis(path, leaf, origin) for path, leaf in walked.leaves)
+      for (_, leaf), axis in zip(walked.leaves, axes, strict=True):
+        if isinstance(leaf, Variable) and isinstance(axis, int):
+          leaf.add_axis(axis, axis_name)
+      static, out_leaves = flatten_outside(roots, out, origin)
+      return out_leaves, Box((static, axes))
+
+    leaves = [leaf for group in flat.leaf_groups() for leaf in group]
+    out_leaves, box = jax.vmap(pure, in_axes=(leaf_axes, arg_specs), out_axes=0,
+                               axis_name=axis_name, axis_size=axis_size,
+                               spmd_axis_name=spmd_axis_name)(leaves, dyn_args)
+    static, axes = box.value
+    out_leaves = [x if a == 0 else (x[0] if a is None else jnp.moveaxis(x, 0, a))
+                  for x, a in zip(out_leaves, axes, strict=True)]
+    return write_back(flat, static, out_leaves)
+
+  return wrapper
+
+
+# -- scan ---------------------------------------------------------------------------------
+def scan(f=None, *, length=None, reverse: bool = False, unroll: int | bool = 1,
+         in_axes=(Carry, 0), out_axes=(Carry, 0), transform_metadata=None):
+  """``lax.scan`` for functions of Modules. ``in_axes`` gives each positional argument's
+  role: ``Carry`` (the loop carry, at most one), an axis to scan over, ``None``
+  (broadcast), or for a Module a ``StateAxes``. ``out_axes`` says what the function
+  returns: ``Carry`` (the new carry), an axis (stacked outputs) or ``(Carry, axis)``.
+  Scanned Variables are updated slice by slice; carried ones carry."""
+  if f is None:
+    return functools.partial(scan, length=length, reverse=reverse, unroll=unroll,
+                             in_axes=in_axes, out_axes=out_axes,
+                             transform_metadata=transform_metadata)
+
+  @functools.wraps(f)
+  def wrapper(*args):
+    nodes: list = []
+    dyn_args = extract(list(args), nodes)
+    flat = Flat(tuple(nodes))
+    specs = _specs(in_axes, len(args))
+    leaf_axes, arg_specs = _leaf_axes(flat, dyn_args, specs)
+    leaves = [leaf for group in flat.leaf_groups() for leaf in group]
+    carry_leaves = [x for x, a in zip(leaves, leaf_axes, strict=True) if a is Carry]
+    scan_leaves = [jnp.moveaxis(x, a, 0) for x, a in zip(leaves, leaf_axes, strict=True)
+                   if isinstance(a, int)]
+    carry_args = [x for x, s in zip(dyn_args, arg_specs, strict=True) if s is Carry]
+    scan_args = [jax.tree.map(lambda v, a=s: jnp.moveaxis(v, a, 0), x)
+                 for x, s in zip(dyn_args, arg_specs, strict=True) if isinstance(s, int)
+                 and not isinstance(s, bool)]
+    out_spec = out_axes if isinstance(out_axes, tuple) else (out_axes,)
+
+    def body(carry, xs):
+      (c_leaves, c_args), (s_leaves, s_args) = carry, xs
+      c_it, s_it = iter(c_leaves), iter(s_leaves)
+      full = [next(c_it) if a is Carry else next(s_it) if isinstance(a, int) else x
+              for x, a in zip(leaves, leaf_axes, strict=True)]
+      roots, _ = build_inside(flat.graphdef, full)
+      ca, sa = iter(c_args), iter(s_args)
+      call_args = [next(ca) if s is Carry else next(sa) if isinstance(s, int) else x
+                   for x, s in zip(dyn_args, arg_specs, strict=True)]
+      out = f(*insert(call_args, roots))
+      outs = out if len(out_spec) > 1 else (out,)
+      f2 = _Flattener()
+      f2.walk(roots, ())
+      if len(f2.leaves) != len(leaves):
+        raise ValueError('scan: the body changed the structure of its Modules (new or '
+                         'removed Variables); scanned bodies must keep it.')
+      new = [leaf.raw_value if isinstance(leaf, Variable) else leaf for _, leaf in f2.leaves]
+      new_carry = [x for x, a in zip(new, leaf_axes, strict=True) if a is Carry]
+      new_scan = [x for x, a in zip(new, leaf_axes, strict=True) if isinstance(a, int)]
+      carry_out = [_strip_nodes(o, roots) for o, s in zip(outs, out_spec, strict=True)
+                   if s is Carry]
+      ys = [_strip_nodes(o, roots) for o, s in zip(outs, out_spec, strict=True)
+            if s is not Carry]
+      return (new_carry, carry_out), (new_scan, ys)
+
+    init_carry_out = [a for a in carry_args]
+    (c_leaves, c_out), (s_leaves, ys) = lax.scan(
+      body, (carry_leaves, init_carry_out), (scan_leaves, scan_args), length=length,
+      reverse=reverse, unroll=unroll)
+    c_it, s_it = iter(c_leaves), iter(s_leaves)
+    for handle, a in zip(flat.handles, leaf_axes, strict=True):
+      if a is Carry:
+        handle._raw_value = next(c_it)
+      elif isinstance(a, int):
+        handle._raw_value = jnp.moveaxis(next(s_it), 0, a)
+    c_out, ys = iter(c_out), iter(ys)
+    results = []
+    for s in out_spec:
+      value = insert(next(c_out), flat.roots) if s is Carry else next(ys)
+      if isinstance(s, int) and s != 0:
+        value = jax.tree.map(lambda v, a=s: jnp.moveaxis(v, 0, a), value)
+      results.append(value)
+    return tuple(results) if len(out_spec) > 1 else results[0]
+
+  return wrapper
+
+
+def _strip_nodes(value, roots):
+  """``value`` with the (inner) nodes replaced by slots pointing at the argument roots."""
+  def slot(x):
+    for i, r in enumerate(roots):
+      if x is r:
+        return NodeSlot(i)
+    raise ValueError('scan: a Module returned from the body must be one of its arguments.')
+  return jax.tree.map(lambda x: slot(x) if isinstance(x, (Variable,)) or hasattr(
+    x, '_graph_children') else x, value, is_leaf=lambda x: hasattr(x, '_graph_children'))
