@@ -20,9 +20,11 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 
 from bridge._static import hashable
+from bridge.object import bump_structure_epoch
 
 MISSING = object()
 
@@ -169,7 +171,7 @@ class Variable:
   (1, 'Counter')
   """
 
-  __slots__ = ('_raw_value', '_metadata')
+  __slots__ = ('_raw_value', '_metadata', '_trace')
 
   def __init_subclass__(cls, **kwargs):
     super().__init_subclass__(**kwargs)
@@ -191,8 +193,7 @@ class Variable:
       if name not in hooks and callable(getattr(type(self), name, None)):
         hooks[name] = (getattr(type(self), name),)
     metadata.update(hooks)
-    object.__setattr__(self, '_metadata', metadata)
-    object.__setattr__(self, '_raw_value', value)
+    _fill(self, value, metadata)
     if 'on_create_value' in metadata:
       value = _run_value_hooks(metadata['on_create_value'], self, value)
       object.__setattr__(self, '_raw_value', value)
@@ -205,7 +206,20 @@ class Variable:
 
   @raw_value.setter
   def raw_value(self, value):
+    self._check_trace(value)
     object.__setattr__(self, '_raw_value', value)
+
+  def _check_trace(self, value) -> None:
+    """Refuses a traced value for a Variable made outside the current trace: it would
+    leak the tracer out of its transform."""
+    if _has_tracer(value) and self._trace is not _current_trace() \
+        and self._trace != _current_trace():
+      shape = getattr(value, 'shape', None)
+      raise TraceContextError(
+        f'Cannot write a traced value (shape {shape}) into a {type(self).__name__} that was '
+        'created outside this transform: the tracer would escape. Pass the Module that '
+        'holds it as an argument of the transform (e.g. bridge.jit(f)(model, x)) instead of '
+        'closing over it, or use bridge transforms rather than jax ones for Modules.')
 
   def get_value(self, *, index=MISSING):
     """The value (``value[index]`` if given), after the get hooks."""
@@ -226,6 +240,7 @@ class Variable:
       current = self._raw_value
       value = current.at[index].set(value) if isinstance(current, jax.Array) else _set_at(
         current, index, value)
+    self._check_trace(value)
     object.__setattr__(self, '_raw_value', value)
 
   value = property(get_value, set_value, doc='The value, through the get and set hooks.')
@@ -259,6 +274,7 @@ class Variable:
     else:
       new = {**self._metadata, **kwargs}
     object.__setattr__(self, '_metadata', new)
+    bump_structure_epoch()  # metadata is part of the GraphDef
 
   def __getattr__(self, name):
     try:
@@ -294,10 +310,8 @@ class Variable:
 
     Hooks are not re-run: the value is stored as given.
     """
-    new = object.__new__(type(self))
-    object.__setattr__(new, '_metadata', {**self._metadata, **metadata})
-    object.__setattr__(new, '_raw_value', self._raw_value if value is MISSING else value)
-    return new
+    return _fill(object.__new__(type(self)), self._raw_value if value is MISSING else value,
+                 {**self._metadata, **metadata})
 
   def copy(self, value=MISSING, **metadata):
     """Alias of :meth:`replace` (flax's name)."""
@@ -383,16 +397,14 @@ class Variable:
     import copy
     new = object.__new__(type(self))
     memo[id(self)] = new
-    object.__setattr__(new, '_metadata', copy.deepcopy(self._metadata, memo))
-    object.__setattr__(new, '_raw_value', copy.deepcopy(self._raw_value, memo))
-    return new
+    return _fill(new, copy.deepcopy(self._raw_value, memo),
+                 copy.deepcopy(self._metadata, memo))
 
   def __getstate__(self):
     return {'_raw_value': self._raw_value, '_metadata': self._metadata}
 
   def __setstate__(self, state):
-    object.__setattr__(self, '_raw_value', state['_raw_value'])
-    object.__setattr__(self, '_metadata', state['_metadata'])
+    _fill(self, state['_raw_value'], state['_metadata'])
 
 
 def _set_at(container, index, value):
@@ -416,10 +428,30 @@ def _flatten(v: Variable):
 
 
 def _unflatten(cls, metadata, children):
-  new = object.__new__(cls)
-  object.__setattr__(new, '_metadata', metadata.value)
-  object.__setattr__(new, '_raw_value', children[0])
-  return new
+  return _fill(object.__new__(cls), children[0], metadata.value)
+
+
+class TraceContextError(ValueError):
+  """A traced value was about to escape its transform through a Variable."""
+
+
+_current_trace = functools.partial(jax.extend.core.get_opaque_trace_state, convention='nnx')
+
+
+def _has_tracer(value) -> bool:
+  if isinstance(value, jax.core.Tracer):
+    return True
+  if isinstance(value, (jax.Array, int, float)):
+    return False
+  return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(value))
+
+
+def _fill(var: Variable, value, metadata: dict) -> Variable:
+  """Sets a new Variable's slots; it belongs to the current trace."""
+  object.__setattr__(var, '_metadata', metadata)
+  object.__setattr__(var, '_raw_value', value)
+  object.__setattr__(var, '_trace', _current_trace())
+  return var
 
 
 def _register_pytree(cls):

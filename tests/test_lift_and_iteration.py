@@ -1,0 +1,179 @@
+"""eval_shape, remat, cond, switch, fori_loop, while_loop, vmap, scan, and tracer escapes."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx as fnnx
+
+import bridge as nnx
+
+
+class Counter(nnx.Module):
+  def __init__(self):
+    self.n = nnx.BatchStat(jnp.array(0))
+
+
+def test_eval_shape_builds_abstract_module():
+  model = nnx.eval_shape(lambda: nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+  assert isinstance(model.kernel.value, jax.ShapeDtypeStruct)
+  assert model.kernel.value.shape == (2, 3) and model.bias.value.shape == (3,)
+
+
+def test_remat_gradients_equal_plain_gradients():
+  model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  x = jnp.arange(4.0).reshape(2, 2)
+  plain = nnx.grad(lambda m: jnp.sin(m(x)).sum())(model)
+  rematted = nnx.grad(nnx.remat(lambda m: jnp.sin(m(x)).sum()))(model)
+  np.testing.assert_array_equal(plain['kernel'].value, rematted['kernel'].value)
+
+
+@pytest.mark.parametrize('pred, expected', [(True, 1), (False, -1)])
+def test_cond_mutates_caller_module(pred, expected):
+  c = Counter()
+
+  def up(c):
+    c.n.value += 1
+
+  def down(c):
+    c.n.value -= 1
+  nnx.jit(lambda c, p: nnx.cond(p, up, down, c))(c, pred)
+  assert int(c.n.value) == expected
+
+
+def test_switch_picks_branch():
+  c = Counter()
+  out = nnx.switch(2, [lambda c: c.n.value, lambda c: c.n.value + 1, lambda c: c.n.value + 2],
+                   c)
+  assert int(out) == 2
+
+
+def test_fori_and_while_loops_update_in_place():
+  c = Counter()
+
+  def body(i, c):
+    c.n.value += i
+    return c
+  assert nnx.fori_loop(0, 5, body, c) is c
+  assert int(c.n.value) == 10
+
+  def step(c):
+    c.n.value += 3
+    return c
+  nnx.while_loop(lambda c: c.n.value < 20, step, c)
+  assert int(c.n.value) == 22
+
+
+def test_loop_body_that_changes_structure_is_an_error():
+  c = Counter()
+
+  def body(i, c):
+    c.extra = nnx.BatchStat(jnp.array(1))
+    return c
+  with pytest.raises(ValueError, match='changed the structure'):
+    nnx.fori_loop(0, 2, body, c)
+
+
+def _stack(lib, n):
+  @lib.split_rngs(splits=n)
+  @lib.vmap(in_axes=(0,), out_axes=0)
+  def create(rngs):
+    return lib.Linear(3, 3, rngs=rngs)
+  return create(lib.Rngs(0))
+
+
+def test_layer_stacking_idiom_matches_flax_nnx():
+  ours, theirs = _stack(nnx, 5), _stack(fnnx, 5)
+  assert ours.kernel.value.shape == (5, 3, 3)
+  np.testing.assert_array_equal(ours.kernel.value, theirs.kernel[...])
+
+  def run(lib, layers):
+    @lib.scan(in_axes=(lib.Carry, 0), out_axes=lib.Carry)
+    def forward(x, layer):
+      return layer(x)
+    return forward(jnp.ones((2, 3)), layers)
+  np.testing.assert_array_equal(run(nnx, ours), run(fnnx, theirs))
+
+
+def test_vmap_broadcast_module_over_batch():
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  x = jnp.arange(12.0).reshape(4, 3)
+  y = nnx.vmap(lambda m, x: m(x), in_axes=(None, 0))(model, x)
+  np.testing.assert_allclose(y, model(x), rtol=1e-6)  # vmapped matvec vs matmul: reassociation
+
+
+def test_vmap_state_axes_and_axis_hooks():
+  seen = []
+
+  def on_remove(var, axis, name):
+    seen.append(('remove', axis, name))
+
+  def on_add(var, axis, name):
+    seen.append(('add', axis, name))
+
+  class M(nnx.Module):
+    def __init__(self):
+      self.w = nnx.Param(jnp.ones((4, 2)), on_remove_axis=on_remove, on_add_axis=on_add)
+      self.s = nnx.BatchStat(jnp.zeros(2))
+
+  m = M()
+
+  def f(m):
+    m.s.value = m.s.value + m.w.value
+  nnx.vmap(f, in_axes=nnx.StateAxes({nnx.Param: 0, nnx.BatchStat: None}), axis_name='b')(m)
+  assert seen == [('remove', 0, 'b'), ('add', 0, 'b')]
+  np.testing.assert_array_equal(m.s.value, jnp.ones(2))
+
+
+def test_scan_batchnorm_stats_per_layer():
+  class Block(nnx.Module):
+    def __init__(self, rngs):
+      self.linear = nnx.Linear(3, 3, rngs=rngs)
+      self.bn = nnx.BatchNorm(3, rngs=rngs)
+
+    def __call__(self, x):
+      return nnx.relu(self.bn(self.linear(x)))
+
+  @nnx.split_rngs(splits=3)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def create(rngs):
+    return Block(rngs)
+  blocks = create(nnx.Rngs(0))
+  x = jnp.arange(12.0).reshape(4, 3)
+
+  @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+  def forward(x, block):
+    return block(x)
+  y = forward(x, blocks)
+  expected = x
+  for i in range(3):
+    block = Block(nnx.Rngs(0))
+    block.linear.kernel.value = blocks.linear.kernel.value[i]
+    block.linear.bias.value = blocks.linear.bias.value[i]
+    block.bn.scale.value, block.bn.bias.value = blocks.bn.scale.value[i], blocks.bn.bias.value[i]
+    expected = block(expected)
+    # scan body vs unrolled layers: XLA fuses differently, so last bits differ
+    np.testing.assert_allclose(blocks.bn.mean.value[i], block.bn.mean.value, rtol=1e-5,
+                               atol=1e-7)
+  np.testing.assert_allclose(y, expected, rtol=1e-5)  # scan body vs unrolled: fusion order
+
+
+def test_tracer_escaping_into_closed_over_variable_is_a_clear_error():
+  c = Counter()
+
+  @jax.jit
+  def leak(x):
+    c.n.value = x
+    return x
+  with pytest.raises(nnx.variables.TraceContextError, match='created outside this transform'):
+    leak(jnp.array(1))
+  assert int(c.n.value) == 0
+
+
+def test_no_warnings_from_bridge_transforms():
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    c = Counter()
+    nnx.jit(lambda c: c.n.value)(c)
