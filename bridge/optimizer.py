@@ -71,6 +71,11 @@ class Optimizer(Object):
         'Optimizer.update: the gradients do not match the parameters selected by '
         f'wrt={self.wrt!r}; gradient paths {_paths(grads)} vs parameter paths '
         f'{_paths(params)}.')
+    for path, g, p in zip(_paths(grads), jax.tree.leaves(grads), jax.tree.leaves(params),
+                          strict=True):
+      if jnp.shape(g) != jnp.shape(p):
+        raise ValueError(f'Optimizer.update: the gradient at {path!r} has shape '
+                         f'{jnp.shape(g)}, the parameter has shape {jnp.shape(p)}.')
     opt_state = jax.tree.map(lambda v: v.raw_value, self.opt_state, is_leaf=_is_variable)
     updates, new_opt_state = self.tx.update(grads, opt_state, params, **kwargs)
     graph_update(model, optax.apply_updates(params, updates))

@@ -503,7 +503,7 @@ def test_variable_swapped_outside_is_used():
   f, traces = _traced_counter()
   model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
   f(model, jnp.array(0.0))
-  model.bias = nnx.Param(jnp.full((2,), 100.0))
+  model.bias = nnx.Param(jnp.full((2,), 100.0, jnp.float32))  # not weak-typed
   expected = float(model.kernel.value.sum()) + 200.0
   assert float(f(model, jnp.array(0.0))) == pytest.approx(expected, rel=1e-6)
   assert len(traces) == 1  # same structure
@@ -557,7 +557,7 @@ def test_donate_argnums_module():
 
   f(model)
   np.testing.assert_array_equal(model.kernel.value, expected)
-  assert model.kernel.value is not old_kernel
+  assert old_kernel.is_deleted()  # the Module's buffers were donated
   f(model)  # the new buffers are live and usable
   np.testing.assert_array_equal(model.kernel.value, expected * 2.0)
 
@@ -570,9 +570,26 @@ def test_donate_argnames_array():
 
   m = Counter()
   x = jnp.ones(4)
+  counter = m.n.value
   y = f(m, x=x)
   np.testing.assert_array_equal(y, np.full(4, 2.0, np.float32))
   assert int(m.n.value) == 1
+  assert x.is_deleted()
+  assert not counter.is_deleted()  # only the named argument is donated
+
+
+def test_donate_plain_argument_after_module():
+  @nnx.jit(donate_argnums=1)
+  def f(m, x):
+    m.n.value += 1
+    return x * 2.0
+
+  m = Counter()
+  counter = m.n.value
+  x = jnp.ones(3)
+  f(m, x)
+  assert x.is_deleted()
+  assert not counter.is_deleted()
 
 
 # -- shardings ---------------------------------------------------------------------------
@@ -582,7 +599,7 @@ def test_in_shardings_module_and_array():
   batch = NamedSharding(mesh, P('data'))
   model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
   x = jnp.arange(24.0).reshape(8, 3)
-  expected = np.asarray(x) @ np.asarray(model.kernel.value) + np.asarray(model.bias.value)
+  expected = np.asarray(x) @ np.asarray(model.kernel.value) + np.asarray(model.bias.value) + 1
 
   @nnx.jit(in_shardings=(replicated, batch))
   def f(m, x):
@@ -640,3 +657,110 @@ def test_tracer_does_not_leak_into_caller_object():
   f(m, jnp.array(3))
   assert not isinstance(m.n.value, jax.core.Tracer)
   assert int(m.n.value) == 3
+
+
+def test_function_without_modules():
+  traces = []
+
+  @nnx.jit
+  def f(x):
+    traces.append(1)
+    return None
+
+  assert f(jnp.ones(2)) is None
+  assert f(jnp.zeros(2)) is None
+  assert len(traces) == 1
+  assert nnx.jit(lambda x: (x * 2, 'tag', 3))(jnp.ones(2))[1:] == ('tag', 3)
+
+
+def test_rngs_shared_between_module_and_argument():
+  class Noisy(nnx.Module):
+    def __init__(self, rngs):
+      self.rngs = rngs
+
+  rngs = nnx.Rngs(noise=0)
+  m = Noisy(rngs)
+
+  @nnx.jit
+  def f(m, rngs):
+    assert m.rngs is rngs
+    a = m.rngs.noise()
+    b = rngs.noise()
+    return a, b
+
+  a, b = f(m, rngs)
+  assert int(rngs.noise.count.value) == 2
+  assert m.rngs is rngs
+  assert not np.array_equal(jax.random.key_data(a), jax.random.key_data(b))
+
+
+def test_variable_as_direct_argument():
+  v = nnx.Param(jnp.array([1.0, 2.0]))
+
+  @nnx.jit
+  def f(v, x):
+    v.value = v.value * x
+    return v
+
+  out = f(v, jnp.array(3.0))
+  assert out is v
+  np.testing.assert_array_equal(v.value, np.array([3.0, 6.0], np.float32))
+
+
+def test_module_returned_inside_container():
+  a, b = Counter(), Counter()
+
+  @nnx.jit
+  def f(a, b):
+    b.n.value += 1
+    return {'first': a, 'pair': (b, a), 'value': b.n.value}
+
+  out = f(a, b)
+  assert out['first'] is a and out['pair'][0] is b and out['pair'][1] is a
+  assert int(out['value']) == 1 and int(b.n.value) == 1
+
+
+def test_in_shardings_exclude_static_arguments():
+  # As in jax.jit, in_shardings has one entry per non-static positional argument.
+  mesh = Mesh(np.array(jax.devices()).reshape(8), ('data',))
+  replicated = NamedSharding(mesh, P())
+  batch = NamedSharding(mesh, P('data'))
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  f = nnx.jit(lambda m, n, x: m(x) * n, static_argnums=1, in_shardings=(replicated, batch))
+  y = f(model, 2, jnp.ones((8, 3)))
+  assert y.sharding.is_equivalent_to(batch, 2)
+  with pytest.raises(ValueError, match='in_shardings has 1 entries for 2'):
+    nnx.jit(lambda m, x: m(x), in_shardings=(replicated,))(model, jnp.ones((8, 3)))
+
+
+def test_retrace_when_module_list_appended():
+  class Stack(nnx.Module):
+    def __init__(self):
+      self.items = nnx.List([nnx.Param(jnp.array(1.0))])
+
+  traces = []
+
+  @nnx.jit
+  def f(m):
+    traces.append(1)
+    return sum(p.value for p in m.items)
+
+  m = Stack()
+  assert float(f(m)) == 1.0
+  m.items.append(nnx.Param(jnp.array(2.0)))
+  assert float(f(m)) == 3.0
+  m.items[0] = nnx.Param(jnp.array(10.0))
+  assert float(f(m)) == 12.0
+  assert len(traces) == 2
+
+
+def test_module_passed_as_keyword():
+  m = Counter()
+
+  @nnx.jit
+  def f(x, *, m):
+    m.n.value = m.n.value + x
+
+  f(jnp.array(2), m=m)
+  f(jnp.array(3), m=m)
+  assert int(m.n.value) == 5

@@ -148,11 +148,18 @@ def test_perturb():
   assert type(m.p) is nnx.Perturbation
   np.testing.assert_array_equal(m.p.value, jnp.zeros(2))
 
-  def loss(p_value):
+  def loss(model):
+    return jnp.sum(model(x) ** 2)
+
+  grads = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Perturbation))(m)
+  np.testing.assert_allclose(grads['p'].value, 8 * x)
+
+  def leaky_loss(p_value):  # writes a tracer into a Variable closed over: refused
     m.p.value = p_value
     return jnp.sum(m(x) ** 2)
 
-  np.testing.assert_allclose(jax.grad(loss)(jnp.zeros(2)), 8 * x)
+  with pytest.raises(nnx.variables.TraceContextError):
+    jax.grad(leaky_loss)(jnp.zeros(2))
   m.p.value = jnp.ones(2)
   np.testing.assert_array_equal(m(x), 2 * (x + 1))
 

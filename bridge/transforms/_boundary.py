@@ -235,6 +235,8 @@ def write_back(flat: Flat, static: OutStatic, leaves: list):
   The fast path (same structure, nothing new) assigns leaves to the cached handles; any
   other case rebuilds the graph reusing the caller's objects in place.
   """
+  if type(static.graphdef.root) is StaticDef:  # no graph nodes in, nothing but static out
+    return static.graphdef.root.value.value[1]
   if static.fast is None:
     static.fast = _is_unchanged(flat, static)
   if static.fast:

@@ -41,19 +41,25 @@ class DiffState(tp.NamedTuple):
   filter: tp.Any
 
 
+def _is_single(argnums) -> bool:
+  """Whether ``argnums`` names one argument (an int or one DiffState, itself a tuple)."""
+  return isinstance(argnums, DiffState) or not isinstance(argnums, (tuple, list))
+
+
 def _diff_specs(argnums) -> list[DiffState]:
-  specs = argnums if isinstance(argnums, (tuple, list)) else (argnums,)
+  specs = (argnums,) if _is_single(argnums) else argnums
   return [s if isinstance(s, DiffState) else DiffState(s, Param) for s in specs]
 
 
 def _transform(f, argnums, has_aux, holomorphic, allow_int, return_value: bool):
   specs = _diff_specs(argnums)
-  single = not isinstance(argnums, (tuple, list))
+  single = _is_single(argnums)
 
   @functools.wraps(f)
   def wrapper(*args, **kwargs):
     nodes: list = []
     dyn_args = extract(args, nodes)
+    dyn_kwargs = dict(zip(kwargs, extract(list(kwargs.values()), nodes), strict=True))
     flat = Flat(tuple(nodes))
     leaves = [leaf for group in flat.leaf_groups() for leaf in group]
     paths = flat.paths
@@ -92,7 +98,7 @@ def _transform(f, argnums, has_aux, holomorphic, allow_int, return_value: bool):
         if mask is None:
           call_args[spec.argnum] = value
       call_args = insert(call_args, roots)
-      out = f(*call_args, **insert(kwargs, roots))
+      out = f(*call_args, **insert(dyn_kwargs, roots))
       value, aux = out if has_aux else (out, None)
       out_static, out_leaves = flatten_outside(roots, aux, origin)
       return value, (out_leaves, Box(out_static))

@@ -30,6 +30,7 @@ from bridge.transforms._boundary import (
   extract,
   flatten_outside,
   insert,
+  is_graph,
   write_back,
 )
 
@@ -70,13 +71,16 @@ class Jitted:
     self.cache = FlatCache()
     self.compiled: dict[tuple, tp.Any] = {}
 
-  def _pure(self, static: _CallStatic, dyn_kwargs, *parts):
+  def _pure(self, static: _CallStatic, dyn_kwargs, donated_kwargs, *parts):
     node_leaves = [leaf for group in parts[:static.n_roots] for leaf in group]
     roots, origin = build_inside(static.graphdef, node_leaves)
     dyn_args = list(insert(list(parts[static.n_roots:]), roots))
     args = _restore_positions(dyn_args, static.static_args, static.n_args)
-    kwargs = {**insert(dyn_kwargs, roots), **dict(static.static_kwargs)}
+    kwargs = {**insert(dyn_kwargs, roots), **insert(donated_kwargs, roots),
+              **dict(static.static_kwargs)}
     out = self.fun(*args, **kwargs)
+    if self.out_shardings is not None:
+      out = _constrain(out, self.out_shardings)
     out_static, leaves = flatten_outside(roots, out, origin)
     return leaves, Box(out_static)
 
@@ -87,8 +91,6 @@ class Jitted:
       kwargs = dict(self.jit_kwargs)
       if shardings_key is not None:
         kwargs['in_shardings'] = shardings_key
-      if self.out_shardings is not None:
-        kwargs['out_shardings'] = (self.out_shardings, None)
       jitted = jax.jit(self._pure, static_argnums=0, donate_argnums=donate, **kwargs)
       self.compiled[key] = jitted
     return jitted
@@ -102,46 +104,54 @@ class Jitted:
     nodes: list = []
     dyn_args = extract(dyn_args, nodes)
     dyn_kwargs = dict(zip(dyn_kwargs, extract(list(dyn_kwargs.values()), nodes), strict=True))
+    donated_kwargs = {k: dyn_kwargs.pop(k) for k in list(dyn_kwargs)
+                      if k in self.donate_argnames}
     flat = self.cache.get(tuple(nodes))
     static = _CallStatic(flat.graphdef, len(nodes), static_args, static_kwargs, len(args))
     donate = self._donation(args, kwargs, nodes) if (
       self.donate_argnums or self.donate_argnames) else ()
     shardings = self._in_shardings(args, nodes) if self.in_shardings is not None else None
-    leaves, box = self._jax_jit(donate, shardings)(static, dyn_kwargs, *flat.leaf_groups(),
-                                                     *dyn_args)
+    leaves, box = self._jax_jit(donate, shardings)(static, dyn_kwargs, donated_kwargs,
+                                                     *flat.leaf_groups(), *dyn_args)
     return write_back(flat, box.value, leaves)
 
   def _donation(self, args, kwargs, nodes) -> tuple:
-    """Positions of ``_pure``'s arguments to donate: a donated Module donates its leaves."""
+    """Positions of ``_pure``'s arguments to donate: a donated Module donates its leaves.
+
+    ``_pure`` takes ``(static, dyn_kwargs, donated_kwargs, *node_leaf_groups, *dyn_args)``.
+    """
     donated = [a for i, a in enumerate(args) if i in self.donate_argnums] + \
       [v for k, v in kwargs.items() if k in self.donate_argnames]
-    out = set()
+    out = {2} if any(k in self.donate_argnames for k in kwargs) else set()
     dyn_positions = [i for i in range(len(args)) if i not in self.static_argnums]
     for value in donated:
       for r, node in enumerate(nodes):
         if node is value:
-          out.add(1 + r)
+          out.add(3 + r)
     for j, i in enumerate(dyn_positions):
       if i in self.donate_argnums and not any(args[i] is n for n in nodes):
-        out.add(1 + len(nodes) + j)
+        out.add(3 + len(nodes) + j)
     return tuple(sorted(out))
 
   def _in_shardings(self, args, nodes):
-    """``in_shardings`` per user argument, moved to ``_pure``'s layout (a Module's entry
-    applies to all its leaves)."""
+    """``in_shardings`` per non-static positional argument (as in ``jax.jit``), moved to
+    ``_pure``'s layout (a Module's entry applies to all its leaves)."""
+    dyn = [a for i, a in enumerate(args) if i not in self.static_argnums]
     per_arg = self.in_shardings if isinstance(self.in_shardings, (tuple, list)) else \
-      (self.in_shardings,) * len(args)
+      (self.in_shardings,) * len(dyn)
+    if len(per_arg) != len(dyn):
+      raise ValueError(f'jit: in_shardings has {len(per_arg)} entries for {len(dyn)} '
+                       'non-static positional arguments; give one per argument.')
     node_shardings = [None] * len(nodes)
     dyn_shardings = []
-    for i, (arg, sharding) in enumerate(zip(args, per_arg, strict=True)):
-      if i in self.static_argnums:
-        continue
+    for arg, sharding in zip(dyn, per_arg, strict=True):
       r = next((r for r, n in enumerate(nodes) if n is arg), None)
       if r is None:
         dyn_shardings.append(sharding)
-      else:
+      else:  # the argument's own slot holds a leafless NodeSlot
         node_shardings[r] = sharding
-    return (None, *node_shardings, *dyn_shardings)
+        dyn_shardings.append(None)
+    return (None, None, *node_shardings, *dyn_shardings)
 
   def __get__(self, obj, objtype=None):
     if obj is None:
@@ -150,6 +160,17 @@ class Jitted:
 
   def __repr__(self):
     return f'bridge.jit({getattr(self.fun, "__qualname__", self.fun)!r})'
+
+
+def _constrain(out, shardings):
+  """``out`` with its arrays constrained to ``shardings`` (a prefix of ``out``'s tree),
+  so the user's output, not the updated Module state, carries ``out_shardings``."""
+  def apply(sharding, sub):
+    if sharding is None:
+      return sub
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding)
+                        if isinstance(x, jax.Array) else x, sub, is_leaf=is_graph)
+  return jax.tree.map(apply, shardings, out, is_leaf=lambda s: s is None)
 
 
 def _signature(fun):
