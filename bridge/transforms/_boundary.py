@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from bridge.graph import (
+  ArrayDef,
   GraphDef,
   NodeDef,
   StaticDef,
@@ -116,7 +117,7 @@ class Flat:
   """One walk of a set of graph arguments: GraphDef, leaf handles, nodes by index."""
 
   __slots__ = ('graphdef', 'paths', 'handles', 'groups', 'nodes', 'containers', 'epoch',
-               'roots')
+               'roots', 'statics')
 
   def __init__(self, roots: tuple):
     f = _Flattener()
@@ -134,6 +135,7 @@ class Flat:
     self.containers = [(c, _snapshot(c)) for c in f.nodes if type(c) in (list, dict)]
     self.epoch = structure_epoch()
     self.roots = roots
+    self.statics: dict = {}  # the transform's static call data, interned per walk
 
   def still_valid(self, roots: tuple) -> bool:
     if len(roots) != len(self.roots):
@@ -241,11 +243,14 @@ def write_back(flat: Flat, static: OutStatic, leaves: list):
     static.fast = _is_unchanged(flat, static)
   if static.fast:
     n = len(flat.handles)
-    for handle, value in zip(flat.handles, leaves[:n], strict=True):
-      handle._raw_value = value
+    set_value = object.__setattr__  # Variable.__setattr__ checks are for users' writes
+    for handle, value in zip(flat.handles, leaves, strict=False):
+      set_value(handle, '_raw_value', value)
     out_def = static.graphdef.root.children[1][1]
     if type(out_def) is StaticDef:
       return out_def.value.value
+    if type(out_def) is ArrayDef:
+      return leaves[n]
     u = _Unflattener(_leaf_iter(leaves[n:]))
     u.nodes = dict(enumerate(flat.nodes))
     return u.build(out_def, (1,))

@@ -96,24 +96,33 @@ class Jitted:
     return jitted
 
   def __call__(self, *args, **kwargs):
-    static_args = tuple((i, a) for i, a in enumerate(args) if i in self.static_argnums)
-    static_kwargs = tuple(sorted((k, v) for k, v in kwargs.items()
-                                 if k in self.static_argnames))
-    dyn_args = [a for i, a in enumerate(args) if i not in self.static_argnums]
-    dyn_kwargs = {k: v for k, v in kwargs.items() if k not in self.static_argnames}
+    static_args = tuple((i, a) for i, a in enumerate(args) if i in self.static_argnums) \
+      if self.static_argnums else ()
+    dyn_args = [a for i, a in enumerate(args) if i not in self.static_argnums] \
+      if self.static_argnums else args
     nodes: list = []
     dyn_args = extract(dyn_args, nodes)
-    dyn_kwargs = dict(zip(dyn_kwargs, extract(list(dyn_kwargs.values()), nodes), strict=True))
-    donated_kwargs = {k: dyn_kwargs.pop(k) for k in list(dyn_kwargs)
-                      if k in self.donate_argnames}
+    static_kwargs, dyn_kwargs, donated_kwargs = self._split_kwargs(kwargs, nodes) \
+      if kwargs else ((), {}, {})
     flat = self.cache.get(tuple(nodes))
     static = _CallStatic(flat.graphdef, len(nodes), static_args, static_kwargs, len(args))
+    static = flat.statics.setdefault(static, static)  # one object per static: cheap eq
     donate = self._donation(args, kwargs, nodes) if (
       self.donate_argnums or self.donate_argnames) else ()
     shardings = self._in_shardings(args, nodes) if self.in_shardings is not None else None
     leaves, box = self._jax_jit(donate, shardings)(static, dyn_kwargs, donated_kwargs,
                                                      *flat.leaf_groups(), *dyn_args)
     return write_back(flat, box.value, leaves)
+
+  def _split_kwargs(self, kwargs, nodes) -> tuple[tuple, dict, dict]:
+    """Keyword arguments as (static items, dynamic ones, donated ones)."""
+    static_kwargs = tuple(sorted((k, v) for k, v in kwargs.items()
+                                 if k in self.static_argnames))
+    dyn_kwargs = {k: v for k, v in kwargs.items() if k not in self.static_argnames}
+    dyn_kwargs = dict(zip(dyn_kwargs, extract(list(dyn_kwargs.values()), nodes), strict=True))
+    donated_kwargs = {k: dyn_kwargs.pop(k) for k in list(dyn_kwargs)
+                      if k in self.donate_argnames}
+    return static_kwargs, dyn_kwargs, donated_kwargs
 
   def _donation(self, args, kwargs, nodes) -> tuple:
     """Positions of ``_pure``'s arguments to donate: a donated Module donates its leaves.
