@@ -177,3 +177,51 @@ def test_no_warnings_from_bridge_transforms():
     warnings.simplefilter('error')
     c = Counter()
     nnx.jit(lambda c: c.n.value)(c)
+
+
+def test_vmap_transform_metadata_moves_partition_names():
+  seen = []
+
+  @nnx.split_rngs(splits=3)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={'partition_name': 'layers'})
+  def create(rngs):
+    layer = nnx.Linear(2, 4, rngs=rngs)
+    layer.kernel.set_metadata(sharding=('in', 'out'))
+    return layer
+
+  layers = create(nnx.Rngs(0))
+  assert layers.kernel.sharding == ('layers', 'in', 'out')
+
+  @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry,
+            transform_metadata={'partition_name': 'layers'})
+  def forward(x, layer):
+    seen.append(layer.kernel.sharding)
+    return x
+
+  forward(jnp.ones((1, 2)), layers)
+  assert seen == [('in', 'out')]
+  assert layers.kernel.sharding == ('layers', 'in', 'out')
+
+
+def test_scan_out_axes_stack_outputs_and_broadcast_args():
+  layers = _stack(nnx, 4)
+  scale = jnp.array(2.0)
+
+  @nnx.scan(in_axes=(nnx.Carry, 0, None), out_axes=(nnx.Carry, 0))
+  def forward(x, layer, s):
+    y = layer(x) * s
+    return y, y.sum()
+
+  x = jnp.ones((2, 3))
+  y, sums = forward(x, layers, scale)
+  assert sums.shape == (4,)
+  expected = x
+  for i in range(4):
+    expected = (expected @ layers.kernel.value[i] + layers.bias.value[i]) * scale
+  np.testing.assert_allclose(y, expected, rtol=1e-5)  # scan vs unrolled: fusion order
+
+
+def test_state_axes_with_unmatched_variable_names_it():
+  m = Counter()
+  with pytest.raises(ValueError, match="'n'"):
+    nnx.vmap(lambda m: None, in_axes=nnx.StateAxes({nnx.Param: 0}), axis_size=2)(m)

@@ -97,12 +97,35 @@ def _specs(axes, n: int) -> tuple:
   return (axes,) * n
 
 
-def _axis_hooks(roots, axes: list, axis_name, method: str) -> None:
+PARTITION_NAME = 'partition_name'
+
+
+def _axis_change(variables: tp.Iterable, axes: tp.Iterable, axis_name, adding: bool,
+                 transform_metadata) -> None:
+  """Tells each Variable mapped on an int axis that the axis is removed (entering the
+  transform) or added back (leaving it): its hooks run, and with
+  ``transform_metadata={PARTITION_NAME: name}`` its sharding metadata loses / regains
+  ``name`` at that axis."""
+  partition = (transform_metadata or {}).get(PARTITION_NAME)
+  for var, axis in zip(variables, axes, strict=True):
+    if not (isinstance(var, Variable) and isinstance(axis, int) and axis is not True):
+      continue
+    if partition is not None:
+      key = next((k for k in ('out_sharding', 'sharding') if k in var._metadata), None)
+      if key is not None and var._metadata[key] is not None:
+        spec = list(var._metadata[key])
+        if adding:
+          spec.insert(axis, partition)
+        else:
+          del spec[axis]
+        var.set_metadata(key, tuple(spec))
+    (var.add_axis if adding else var.remove_axis)(axis, axis_name)
+
+
+def _leaves_of(roots) -> list:
   f = _Flattener()
   f.walk(roots, ())
-  for (_, leaf), axis in zip(f.leaves, axes, strict=True):
-    if isinstance(leaf, Variable) and isinstance(axis, int):
-      getattr(leaf, method)(axis, axis_name)
+  return [leaf for _, leaf in f.leaves]
 
 
 # -- vmap ---------------------------------------------------------------------------------
@@ -147,14 +170,13 @@ def vmap(f=None, *, in_axes=0, out_axes=0, axis_name=None, axis_size=None,
 
     def pure(leaves, dyn):
       roots, origin = build_inside(flat.graphdef, leaves)
-      _axis_hooks(roots, leaf_axes, axis_name, 'remove_axis')
+      _axis_change(_leaves_of(roots), leaf_axes, axis_name, False, transform_metadata)
       out = f(*insert(dyn, roots))
       walked = _Flattener()
       walked.walk((roots, out), ())
       axes = tuple(out_axis(path, leaf, origin) for path, leaf in walked.leaves)
-      for (_, leaf), axis in zip(walked.leaves, axes, strict=True):
-        if isinstance(leaf, Variable) and isinstance(axis, int):
-          leaf.add_axis(axis, axis_name)
+      _axis_change((leaf for _, leaf in walked.leaves), axes, axis_name, True,
+                   transform_metadata)
       static, out_leaves = flatten_outside(roots, out, origin)
       return out_leaves, Box((static, axes))
 
@@ -206,6 +228,7 @@ def scan(f=None, *, length=None, reverse: bool = False, unroll: int | bool = 1,
       full = [next(c_it) if a is Carry else next(s_it) if isinstance(a, int) else x
               for x, a in zip(leaves, leaf_axes, strict=True)]
       roots, _ = build_inside(flat.graphdef, full)
+      _axis_change(_leaves_of(roots), leaf_axes, None, False, transform_metadata)
       ca, sa = iter(c_args), iter(s_args)
       call_args = [next(ca) if s is Carry else next(sa) if isinstance(s, int) else x
                    for x, s in zip(dyn_args, arg_specs, strict=True)]
@@ -216,6 +239,7 @@ def scan(f=None, *, length=None, reverse: bool = False, unroll: int | bool = 1,
       if len(f2.leaves) != len(leaves):
         raise ValueError('scan: the body changed the structure of its Modules (new or '
                          'removed Variables); scanned bodies must keep it.')
+      _axis_change([leaf for _, leaf in f2.leaves], leaf_axes, None, True, transform_metadata)
       new = [leaf.raw_value if isinstance(leaf, Variable) else leaf for _, leaf in f2.leaves]
       new_carry = [x for x, a in zip(new, leaf_axes, strict=True) if a is Carry]
       new_scan = [x for x, a in zip(new, leaf_axes, strict=True) if isinstance(a, int)]
