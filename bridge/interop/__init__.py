@@ -1,0 +1,1 @@
+"""The adapters between ``bridge`` and ``flax.linen`` (the only package importing linen)."""

@@ -1,0 +1,219 @@
+"""``ToLinen``: any ``bridge`` Module as a Linen module.
+
+``init`` builds the Module (its ``Rngs`` fed by Linen's rngs) and stores its Variables as
+Linen variables, one collection per Variable type. ``apply`` does not run the Module's
+initializers again: the Module's structure is built once (abstractly, or taken from
+``init``) and cached; each apply fills it with the incoming variables, calls the method
+and stores the mutable collections back.
+
+>>> import jax, jax.numpy as jnp
+>>> import bridge
+>>> model = bridge.ToLinen(bridge.Linear, args=(3, 4))
+>>> variables = model.init(jax.random.key(0), jnp.ones((1, 3)))
+>>> variables['params']['kernel'].shape
+(3, 4)
+>>> model.apply(variables, jnp.ones((2, 3))).shape
+(2, 4)
+"""
+
+from __future__ import annotations
+
+import functools
+import typing as tp
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.core import FrozenDict, meta
+
+from bridge._static import hashable
+from bridge.graph import flatten, iter_graph, unflatten
+from bridge.interop.collections import _flat, tree_to_linen
+from bridge.interop.metadata import to_linen_var, to_nnx_var
+from bridge.interop.to_nnx import ToNNX
+from bridge.rngs import RngCount, RngKey, Rngs, RngState
+from bridge.transforms.lift import eval_shape
+from bridge.variables import Variable, variable_name_from_type
+
+
+class _Template(tp.NamedTuple):
+  """A Module's structure: its GraphDef and, per leaf, its path and Variable type."""
+  graphdef: tp.Any
+  leaves: tuple  # ((path, type, tag or None), ...)
+
+
+_TEMPLATES: dict[tp.Hashable, _Template] = {}
+
+
+def _template_of(module) -> _Template:
+  graphdef, leaves = flatten(module)
+  if any(not isinstance(v, Variable) for _, v in leaves):
+    bad = next(p for p, v in leaves if not isinstance(v, Variable))
+    raise ValueError(f'ToLinen: {type(module).__name__} holds a raw array at '
+                     f'{"/".join(map(str, bad))!r}; keep module state in Variables '
+                     '(e.g. bridge.Variable(array)) so it can live in a Linen collection.')
+  return _Template(graphdef, tuple((p, type(v), v._metadata.get('tag')) for p, v in leaves))
+
+
+def _method(module, nnx_method):
+  if nnx_method is None:
+    nnx_method = '__call__'
+  method = getattr(type(module), nnx_method) if isinstance(nnx_method, str) else nnx_method
+  if not callable(method):
+    raise TypeError(f'{type(module).__name__}.{nnx_method} is not callable.')
+  return method
+
+
+class ToLinen(nn.Module):
+  """Wraps a ``bridge`` Module class (built with ``nnx_class(*args, **kwargs, rngs=...)``)
+  as a Linen module; see the module docstring. ``nnx_method`` (or attribute access,
+  ``wrapper.attend(x)``) calls another method; ``metadata_fn`` turns a Variable into its
+  Linen value (default: its original box, an ``NNXMeta``, or the raw array)."""
+
+  nnx_class: tp.Callable[..., tp.Any]
+  args: tp.Sequence = ()
+  kwargs: tp.Mapping[str, tp.Any] = FrozenDict({})
+  skip_rng: bool = False
+  metadata_fn: tp.Callable[[Variable], tp.Any] | None = to_linen_var
+
+  def _rng_names(self) -> tuple[str, ...]:
+    return tuple(sorted(self.scope.rngs)) if self.scope is not None else ()
+
+  def _build(self, rngs_names: tuple[str, ...]):
+    kwargs = dict(self.kwargs)
+    if not self.skip_rng:
+      kwargs['rngs'] = Rngs(**{n: jax.random.key(0) for n in (*rngs_names, 'default')})
+    return self.nnx_class(*self.args, **kwargs)
+
+  def _key(self, rng_names) -> tp.Hashable:
+    return hashable((self.nnx_class, tuple(self.args), dict(self.kwargs), self.skip_rng,
+                     rng_names))
+
+  @nn.compact
+  def __call__(self, *args, nnx_method=None, **kwargs):
+    rng_names = self._rng_names()
+    if self.is_initializing():
+      kw = dict(self.kwargs)
+      if not self.skip_rng:
+        kw['rngs'] = Rngs(**{n: self.make_rng(n) for n in rng_names})
+      module = self.nnx_class(*self.args, **kw)
+      before = {p: v.raw_value for p, v in flatten(module)[1] if isinstance(v, Variable)}
+      wrappers = _lazy_wrappers(module)
+      try:
+        out = _method(module, nnx_method)(module, *args, **kwargs)
+      finally:
+        for m in wrappers:
+          object.__setattr__(m, '_object__initializing', False)
+      _TEMPLATES[self._key(rng_names)] = _template_of(module)
+      self._store(module, restore=before)
+      return out
+    module = self._from_variables(rng_names, args, kwargs, nnx_method)
+    out = _method(module, nnx_method)(module, *args, **kwargs)
+    self._store(module)
+    return out
+
+  def _from_variables(self, rng_names, args, kwargs, nnx_method):
+    """The Module rebuilt from the cached template and this scope's variables."""
+    key = self._key(rng_names)
+    template = _TEMPLATES.get(key)
+    if template is None:  # e.g. variables restored in a fresh process: build abstractly
+      def build():
+        module = self._build(rng_names)
+        _lazy_wrappers(module)
+        if any(isinstance(m, ToNNX) for m in _all_nodes(module)):
+          _method(module, nnx_method)(module, *args, **kwargs)
+        return module
+      template = _TEMPLATES[key] = _template_of(eval_shape(build))
+    incoming = {}
+    for collection, values in self.variables.items():
+      for path, x in _flat(values, is_leaf=lambda v: isinstance(v, meta.AxisMetadata)).items():
+        incoming[path] = (collection, x)
+    leaves, used = [], set()
+    for path, var_type, tag in template.leaves:
+      if issubclass(var_type, RngState):
+        leaves.append(self._rng_leaf(var_type, tag, rng_names))
+        continue
+      collection = variable_name_from_type(var_type, allow_register=True)
+      if path not in incoming or incoming[path][0] != collection:
+        raise ValueError(
+          f'ToLinen({_name(self.nnx_class)}): no variable {"/".join(map(str, path))!r} in '
+          f'collection {collection!r} of the incoming variables; pass the variables that '
+          '`init` returned (all collections).')
+      used.add(path)
+      leaves.append(to_nnx_var(collection, incoming[path][1]))
+    unknown = sorted('/'.join(map(str, p)) for p in incoming if p not in used)
+    if unknown:
+      raise ValueError(f'ToLinen({_name(self.nnx_class)}): incoming variables the module does '
+                       f'not have: {unknown}.')
+    return unflatten(template.graphdef, leaves)
+
+  def _rng_leaf(self, var_type, tag, rng_names):
+    if var_type is RngCount or issubclass(var_type, RngCount):
+      return jnp.zeros((), jnp.uint32)
+    if issubclass(var_type, RngKey) and tag in rng_names:
+      return self.make_rng(tag)
+    return jax.random.key(0)
+
+  def _store(self, module, restore: dict | None = None) -> None:
+    """Puts the module's Variables (but RNG state) into their Linen collections; with
+    ``restore``, Variables that existed before the init call keep their initial values."""
+    _, leaves = flatten(module)
+    tree: dict = {}
+    for path, var in leaves:
+      if not isinstance(var, Variable) or isinstance(var, RngState):
+        continue
+      if restore is not None and path in restore:
+        var = var.replace(restore[path])
+      node = tree
+      for k in path[:-1]:
+        node = node.setdefault(k, {})
+      node[path[-1]] = var
+    for collection, values in tree_to_linen(tree, self.metadata_fn).items():
+      if self.is_mutable_collection(collection):
+        for k, v in values.items():
+          self.put_variable(collection, k, v)
+
+  def __getattr__(self, name: str):
+    if name.startswith('_') or name in ('nnx_class', 'args', 'kwargs', 'skip_rng',
+                                        'metadata_fn', 'scope', 'parent', 'name'):
+      return super().__getattr__(name)
+    kwargs = self.__dict__.get('kwargs') or {}
+    if name in kwargs:
+      return kwargs[name]
+    maybe = getattr(self.__dict__.get('nnx_class'), name, None)
+    if callable(maybe):
+      method = functools.partial(self.__call__, nnx_method=maybe)
+      method.__self__ = self
+      return method
+    return super().__getattr__(name)
+
+
+def _name(cls) -> str:
+  return getattr(cls, '__name__', repr(cls))
+
+
+def _all_nodes(module):
+  return [x for _, x in iter_graph(module)]
+
+
+def _lazy_wrappers(module) -> list:
+  """Marks the ToNNX modules inside ``module`` as initializing (the first call creates
+  their variables); returns them."""
+  wrappers = [m for m in _all_nodes(module) if isinstance(m, ToNNX)]
+  for m in wrappers:
+    object.__setattr__(m, '_object__initializing', True)
+  return wrappers
+
+
+def to_linen(nnx_class: tp.Callable[..., tp.Any], *args, metadata_fn=to_linen_var,
+             name: str | None = None, skip_rng: bool = False, **kwargs) -> ToLinen:
+  """``ToLinen(nnx_class, args=args, kwargs=kwargs, ...)``, the short form.
+
+  >>> import jax, jax.numpy as jnp
+  >>> import bridge
+  >>> layer = bridge.to_linen(bridge.Linear, 3, 4)
+  >>> layer.init(jax.random.key(0), jnp.ones((1, 3)))['params']['bias'].shape
+  (4,)
+  """
+  return ToLinen(nnx_class, args=args, kwargs=FrozenDict(kwargs), skip_rng=skip_rng,
+                 metadata_fn=metadata_fn, name=name)

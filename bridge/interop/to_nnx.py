@@ -1,0 +1,151 @@
+"""``ToNNX``: any Linen module as a ``bridge`` Module.
+
+The Linen variables live as attributes of the wrapper, by path (``model.Dense_0['kernel']``
+is a ``Param``), so every bridge API (``split``, ``jit``, ``Optimizer``, ...) sees them.
+``lazy_init`` runs Linen's ``init``; a call runs ``apply`` with fresh keys from the
+wrapper's ``Rngs`` and writes the mutable collections back.
+
+>>> import jax.numpy as jnp
+>>> import flax.linen as nn
+>>> import bridge
+>>> model = bridge.ToNNX(nn.Dense(4), rngs=bridge.Rngs(0)).lazy_init(jnp.ones((1, 3)))
+>>> model.kernel.shape, model(jnp.ones((2, 3))).shape
+((3, 4), (2, 4))
+"""
+
+from __future__ import annotations
+
+import functools
+import typing as tp
+
+import flax.errors
+import flax.linen as nn
+import jax
+
+from bridge.graph import iter_graph
+from bridge.interop.collections import linen_to_tree, tree_to_linen
+from bridge.module import Module
+from bridge.object import bump_structure_epoch
+from bridge.rngs import Rngs
+from bridge.variables import Variable, variable_name_from_type
+
+
+def _rng_dict(rngs) -> dict:
+  """Fresh Linen rngs from an ``Rngs`` (``default`` serves as ``params`` when absent)."""
+  if rngs is None:
+    return {}
+  if isinstance(rngs, jax.Array):
+    return {'params': rngs}
+  keys = {name: stream() for name, stream in rngs.items()}
+  if 'params' not in keys and 'default' in keys:
+    keys['params'] = keys.pop('default')
+  return keys
+
+
+def _mutable_names(mutable, present: tp.Iterable[str]):
+  """Linen's ``mutable`` from ours: a bool, a name, names, or Variable types."""
+  if mutable is None:  # by default every collection but params changes in place
+    names = [c for c in present if c != 'params']
+    return names or False
+  if isinstance(mutable, (bool, str)):
+    return mutable
+  items = mutable if isinstance(mutable, (list, tuple)) else (mutable,)
+  return [variable_name_from_type(m, allow_register=True) if isinstance(m, type) else m
+          for m in items]
+
+
+class ToNNX(Module):
+  """Wraps a Linen module; ``lazy_init(*args)`` initializes it like ``init``, calls work
+  like ``apply``, and any method of the Linen module is reachable as an attribute
+  (``model.encode(x)``). See the module docstring for an example."""
+
+  def __init__(self, module: nn.Module, rngs: Rngs | jax.Array | None = None):
+    self.to_nnx__module = module
+    self.to_nnx__rngs = rngs.fork() if isinstance(rngs, Rngs) else (
+      Rngs(params=rngs) if isinstance(rngs, jax.Array) else rngs)
+    self.to_nnx__initialized = False
+
+  def lazy_init(self, *args, **kwargs) -> ToNNX:
+    """``lazy_init(self, *args, **kwargs)``: initialize from sample inputs; returns self."""
+    return lazy_init(self, *args, **kwargs)
+
+  def __getattr__(self, name: str):
+    module = vars(self).get('to_nnx__module')
+    if module is None or name.startswith('_'):
+      raise AttributeError(name)
+    if callable(getattr(type(module), name, None)):
+      method = functools.partial(self.__call__, method=name)
+      method.__self__ = self
+      return method
+    raise AttributeError(f'{type(self).__name__} wrapping {type(module).__name__} has no '
+                         f'attribute {name!r}')
+
+  def _variables_tree(self) -> dict:
+    return {k: v for k, v in self._graph_children().items() if not k.startswith('to_nnx__')}
+
+  def __call__(self, *args, rngs=None, method=None, mutable=None, **kwargs):
+    module = self.to_nnx__module
+    keys = _rng_dict(self.to_nnx__rngs if rngs is None else rngs)
+    if vars(self).get('_object__initializing'):
+      out, variables = module.init_with_output(keys, *args, method=method, **kwargs)
+      self._write(variables)
+      self.to_nnx__initialized = True
+      return out
+    if not self.to_nnx__initialized:
+      raise ValueError(
+        f'ToNNX({type(module).__name__}) is called before it is initialized: call '
+        f'`model.lazy_init(*sample_args)` (or `bridge.lazy_init(model.{method or "__call__"}, '
+        '...)`) first.')
+    variables = tree_to_linen(self._variables_tree())
+    mutable = _mutable_names(mutable, variables)
+    try:
+      out = module.apply(variables, *args, rngs=keys, method=method, mutable=mutable, **kwargs)
+    except (flax.errors.ScopeParamNotFoundError, flax.errors.ScopeCollectionNotFound) as e:
+      raise ValueError(
+        f'ToNNX({type(module).__name__}).{method or "__call__"} needs variables that '
+        f'initialization did not create ({e.__class__.__name__}); initialize that method '
+        f'too: `bridge.lazy_init(model.{method or "__call__"}, *sample_args)`.') from e
+    if mutable is False:
+      return out
+    out, updates = out
+    self._write(updates)
+    return out
+
+  def _write(self, variables: tp.Mapping) -> None:
+    """Merges Linen variables into the attributes: existing Variables are updated in
+    place (their identity kept), new paths become new entries."""
+    _merge_into(self, linen_to_tree(variables))
+
+
+def _merge_into(parent, tree: dict) -> None:
+  for key, value in tree.items():
+    current = parent._graph_children().get(key) if isinstance(parent, Module) else \
+      parent.get(key)
+    if isinstance(value, dict) and isinstance(current, dict):
+      _merge_into(current, value)
+      continue
+    if isinstance(value, Variable) and type(current) is type(value):
+      current.update_from_state(value)
+      continue
+    if isinstance(parent, Module):
+      setattr(parent, key, value)
+    else:
+      parent[key] = value
+      bump_structure_epoch()
+
+
+def lazy_init(fn, *args, **kwargs):
+  """Initializes the ``ToNNX`` modules that ``fn`` (a bridge Module, or a bound method of
+  one such as ``model.encode``) reaches by calling it once; returns ``fn``."""
+  root = fn if isinstance(fn, Module) else getattr(fn, '__self__', None)
+  if not isinstance(root, Module):
+    raise ValueError(f'lazy_init needs a bridge Module or one of its methods, got {fn!r}.')
+  wrappers = [m for _, m in iter_graph(root) if isinstance(m, ToNNX)]
+  for m in wrappers:
+    object.__setattr__(m, '_object__initializing', True)
+  try:
+    fn(*args, **kwargs)
+  finally:
+    for m in wrappers:
+      object.__setattr__(m, '_object__initializing', False)
+  return fn
