@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import typing as tp
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -79,10 +80,22 @@ class ToLinen(nn.Module):
   def _rng_names(self) -> tuple[str, ...]:
     return tuple(sorted(self.scope.rngs)) if self.scope is not None else ()
 
-  def _build(self, rngs_names: tuple[str, ...]):
+  def _stream_names(self, rng_names: tuple[str, ...]) -> tuple[str, ...]:
+    """The module's streams: Linen's rngs plus ``default`` (served by Linen's fallback)."""
+    return rng_names if 'default' in rng_names else (*rng_names, 'default')
+
+  def _linen_key(self, name: str) -> jax.Array:
+    """Linen's next key for stream ``name`` (Linen falls back to ``params``); a fixed key
+    when Linen has no rngs at all."""
+    try:
+      return self.make_rng(name)
+    except flax.errors.InvalidRngError:
+      return jax.random.key(0)
+
+  def _build(self, rng_names: tuple[str, ...], make_key):
     kwargs = dict(self.kwargs)
     if not self.skip_rng:
-      kwargs['rngs'] = Rngs(**{n: jax.random.key(0) for n in (*rngs_names, 'default')})
+      kwargs['rngs'] = Rngs(**{n: make_key(n) for n in self._stream_names(rng_names)})
     return self.nnx_class(*self.args, **kwargs)
 
   def _key(self, rng_names) -> tp.Hashable:
@@ -93,10 +106,7 @@ class ToLinen(nn.Module):
   def __call__(self, *args, nnx_method=None, **kwargs):
     rng_names = self._rng_names()
     if self.is_initializing():
-      kw = dict(self.kwargs)
-      if not self.skip_rng:
-        kw['rngs'] = Rngs(**{n: self.make_rng(n) for n in rng_names})
-      module = self.nnx_class(*self.args, **kw)
+      module = self._build(rng_names, self._linen_key)
       before = {p: v.raw_value for p, v in flatten(module)[1] if isinstance(v, Variable)}
       wrappers = _lazy_wrappers(module)
       try:
@@ -118,7 +128,7 @@ class ToLinen(nn.Module):
     template = _TEMPLATES.get(key)
     if template is None:  # e.g. variables restored in a fresh process: build abstractly
       def build():
-        module = self._build(rng_names)
+        module = self._build(rng_names, lambda _: jax.random.key(0))
         _lazy_wrappers(module)
         if any(isinstance(m, ToNNX) for m in _all_nodes(module)):
           _method(module, nnx_method)(module, *args, **kwargs)
@@ -131,7 +141,7 @@ class ToLinen(nn.Module):
     leaves, used = [], set()
     for path, var_type, tag in template.leaves:
       if issubclass(var_type, RngState):
-        leaves.append(self._rng_leaf(var_type, tag, rng_names))
+        leaves.append(self._rng_leaf(var_type, tag))
         continue
       collection = variable_name_from_type(var_type, allow_register=True)
       if path not in incoming or incoming[path][0] != collection:
@@ -147,12 +157,10 @@ class ToLinen(nn.Module):
                        f'not have: {unknown}.')
     return unflatten(template.graphdef, leaves)
 
-  def _rng_leaf(self, var_type, tag, rng_names):
+  def _rng_leaf(self, var_type, tag):
     if var_type is RngCount or issubclass(var_type, RngCount):
       return jnp.zeros((), jnp.uint32)
-    if issubclass(var_type, RngKey) and tag in rng_names:
-      return self.make_rng(tag)
-    return jax.random.key(0)
+    return self._linen_key(tag) if issubclass(var_type, RngKey) else jax.random.key(0)
 
   def _store(self, module, restore: dict | None = None) -> None:
     """Puts the module's Variables (but RNG state) into their Linen collections; with
