@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from _timing import interleaved_medians, print_table
 from flax import nnx as fnnx
 
 import bridge
@@ -28,7 +29,8 @@ LR = 0.1
 
 
 # -- the three contestants ----------------------------------------------------------------
-def make_linen(depth, width, x, y):
+def linen_mlp(depth, width) -> nn.Module:
+  """``depth`` blocks of Dense -> BatchNorm -> relu, written in Linen."""
   class Block(nn.Module):
     @nn.compact
     def __call__(self, h, train):
@@ -43,7 +45,15 @@ def make_linen(depth, width, x, y):
         h = Block()(h, train)
       return h
 
-  model = MLP()
+  return MLP()
+
+
+def make_linen(depth, width, x, y):
+  return linen_step_runner(linen_mlp(depth, width), x, y)
+
+
+def linen_step_runner(model: nn.Module, x, y):
+  """A factory of fresh ``jax.jit`` train steps (SGD, mutable batch_stats) of ``model``."""
   variables = model.init(jax.random.key(0), x)
   tx = optax.sgd(LR)
   state = {'params': variables['params'], 'batch_stats': variables['batch_stats'],
@@ -89,7 +99,11 @@ def _nnx_like(lib, depth, width, x, y):
         h = block(h)
       return h
 
-  model = MLP(lib.Rngs(0))
+  return nnx_step_runner(lib, MLP(lib.Rngs(0)), x, y)
+
+
+def nnx_step_runner(lib, model, x, y):
+  """A factory of fresh ``lib.jit`` train steps (value_and_grad + Optimizer) of ``model``."""
   optimizer = lib.Optimizer(model, optax.sgd(LR), wrt=lib.Param)
 
   def step(model, optimizer, x, y):
@@ -117,18 +131,7 @@ def step_times(depth, width, batch, rounds, steps):
   x = jax.random.normal(jax.random.key(1), (batch, width))
   y = jax.random.normal(jax.random.key(2), (batch, width))
   runners = {name: make(depth, width, x, y)() for name, make in CONTESTANTS.items()}
-  for run in runners.values():  # compile and warm up
-    for _ in range(3):
-      jax.block_until_ready(run())
-  samples = {name: [] for name in runners}
-  for _ in range(rounds):
-    for name, run in runners.items():
-      start = time.perf_counter()
-      for _ in range(steps):
-        out = run()
-      jax.block_until_ready(out)
-      samples[name].append((time.perf_counter() - start) / steps)
-  return {name: statistics.median(s) for name, s in samples.items()}
+  return interleaved_medians(runners, rounds, steps)
 
 
 def compile_times(depth, width, batch, rounds):
@@ -145,13 +148,8 @@ def compile_times(depth, width, batch, rounds):
   return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def table(title, results, unit_scale, unit):
-  base = results['linen+jax.jit']
-  print(f'\n{title}')
-  print(f'| contestant | {unit} | vs linen |')
-  print('|---|---:|---:|')
-  for name, t in results.items():
-    print(f'| {name} | {t * unit_scale:.1f} | {t / base:.2f}x |')
+def table(title, results, scale, unit):
+  print_table(title, results, 'linen+jax.jit', scale, unit)
 
 
 def main():
