@@ -76,6 +76,15 @@ def extract(values: tp.Sequence, nodes: list) -> list:
   return out
 
 
+def split_args(args: tp.Sequence) -> tuple[list, Flat, list]:
+  """``args`` with graph nodes replaced by slots, the walk of those nodes, and their current
+  leaf values in walk order."""
+  nodes: list = []
+  dyn_args = extract(list(args), nodes)
+  flat = Flat(tuple(nodes))
+  return dyn_args, flat, [h._raw_value for h in flat.handles]
+
+
 def _slot(node, nodes: list) -> NodeSlot:
   for i, n in enumerate(nodes):
     if n is node:

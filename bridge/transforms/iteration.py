@@ -36,9 +36,9 @@ from bridge.transforms._boundary import (
   Flat,
   NodeSlot,
   build_inside,
-  extract,
   flatten_outside,
   insert,
+  split_args,
   write_back,
 )
 from bridge.variables import Variable
@@ -143,9 +143,7 @@ def vmap(f=None, *, in_axes=0, out_axes=0, axis_name=None, axis_size=None,
 
   @functools.wraps(f)
   def wrapper(*args):
-    nodes: list = []
-    dyn_args = extract(list(args), nodes)
-    flat = Flat(tuple(nodes))
+    dyn_args, flat, leaves = split_args(args)
     specs = _specs(in_axes, len(args))
     leaf_axes, arg_specs = _leaf_axes(flat, dyn_args, specs)
     root_spec = {s.index: spec for s, spec in zip(dyn_args, specs, strict=True)
@@ -180,7 +178,6 @@ def vmap(f=None, *, in_axes=0, out_axes=0, axis_name=None, axis_size=None,
       static, out_leaves = flatten_outside(roots, out, origin)
       return out_leaves, Box((static, axes))
 
-    leaves = [leaf for group in flat.leaf_groups() for leaf in group]
     out_leaves, box = jax.vmap(pure, in_axes=(leaf_axes, arg_specs), out_axes=0,
                                axis_name=axis_name, axis_size=axis_size,
                                spmd_axis_name=spmd_axis_name)(leaves, dyn_args)
@@ -207,12 +204,9 @@ def scan(f=None, *, length=None, reverse: bool = False, unroll: int | bool = 1,
 
   @functools.wraps(f)
   def wrapper(*args):
-    nodes: list = []
-    dyn_args = extract(list(args), nodes)
-    flat = Flat(tuple(nodes))
+    dyn_args, flat, leaves = split_args(args)
     specs = _specs(in_axes, len(args))
     leaf_axes, arg_specs = _leaf_axes(flat, dyn_args, specs)
-    leaves = [leaf for group in flat.leaf_groups() for leaf in group]
     carry_leaves = [x for x, a in zip(leaves, leaf_axes, strict=True) if a is Carry]
     scan_leaves = [jnp.moveaxis(x, a, 0) for x, a in zip(leaves, leaf_axes, strict=True)
                    if isinstance(a, int)]

@@ -23,9 +23,9 @@ from bridge.transforms._boundary import (
   Box,
   Flat,
   build_inside,
-  extract,
   flatten_outside,
   insert,
+  split_args,
   write_back,
 )
 
@@ -43,10 +43,7 @@ def _pure(flat: Flat, f):
 def lifted_call(run: tp.Callable, fns: tp.Sequence[tp.Callable], args: tp.Sequence):
   """Calls ``run(pures, leaves, dyn_args)`` where ``pures`` are ``fns`` made pure over the
   graph nodes in ``args``; writes the effects back and returns the output."""
-  nodes: list = []
-  dyn_args = extract(list(args), nodes)
-  flat = Flat(tuple(nodes))
-  leaves = [leaf for group in flat.leaf_groups() for leaf in group]
+  dyn_args, flat, leaves = split_args(args)
   out_leaves, box = run([_pure(flat, f) for f in fns], leaves, dyn_args)
   return write_back(flat, box.value, out_leaves)
 
@@ -118,21 +115,16 @@ def _carry_body(flat: Flat, f, with_index: bool):
     roots, _ = build_inside(flat.graphdef, leaves)
     carry = insert(dyn, roots)
     new = f(i, carry) if with_index else f(carry)
-    nodes: list = []
-    new_dyn = extract([new], nodes)[0]
-    after = Flat(tuple(nodes))
+    (new_dyn,), after, new_leaves = split_args([new])
     if after.graphdef != flat.graphdef:
       raise ValueError('The loop body changed the structure of the Modules in its carry '
                        '(new or removed Variables or attributes); loops must keep it.')
-    return [leaf for group in after.leaf_groups() for leaf in group], new_dyn
+    return new_leaves, new_dyn
   return body
 
 
 def _loop(run, f_body, init_val, f_cond=None):
-  nodes: list = []
-  dyn = extract([init_val], nodes)[0]
-  flat = Flat(tuple(nodes))
-  leaves = [leaf for group in flat.leaf_groups() for leaf in group]
+  (dyn,), flat, leaves = split_args([init_val])
   body = _carry_body(flat, f_body, with_index=f_cond is None)
   cond_fn = None
   if f_cond is not None:
