@@ -28,6 +28,7 @@ from bridge.graph import state as _graph_state
 from bridge.module import Dict, List, Module, Sequential, iter_children, iter_modules
 from bridge.nn import initializers
 from bridge.nn.activations import (
+  PReLU,
   celu,
   elu,
   gelu,
@@ -43,6 +44,7 @@ from bridge.nn.activations import (
   logsumexp,
   one_hot,
   relu,
+  relu6,
   selu,
   sigmoid,
   silu,
@@ -53,7 +55,8 @@ from bridge.nn.activations import (
   swish,
   tanh,
 )
-from bridge.nn.linear import Linear
+from bridge.nn.embed import Embed
+from bridge.nn.linear import Einsum, Linear, LinearGeneral
 from bridge.nn.normalization import BatchNorm
 from bridge.object import Object
 from bridge.optimizer import OptArray, Optimizer, OptState, OptVariable
