@@ -55,6 +55,7 @@ from bridge.nn.activations import (
   swish,
   tanh,
 )
+from bridge.nn.conv import Conv, ConvTranspose
 from bridge.nn.embed import Embed
 from bridge.nn.linear import Einsum, Linear, LinearGeneral
 from bridge.nn.normalization import BatchNorm
