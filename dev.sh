@@ -4,10 +4,11 @@
 #   ./dev.sh test   runs ruff and the test suite
 set -euo pipefail
 cd "$(dirname "$0")"
-if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import bridge, pytest' 2>/dev/null; then
+if [[ ! -x .venv/bin/python ]] || ! \
+    .venv/bin/python -c 'import bridge, pytest, sklearn' 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q -e '.[test,examples]'
 fi
 case "${1:-}" in
   demo) exec .venv/bin/python examples/demo.py ;;

@@ -1,0 +1,28 @@
+"""The examples run end to end in their smoke mode (a few steps each)."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).parent.parent / 'examples'
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(f'example_{name}', EXAMPLES / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_digits_cnn_smoke(capsys):
+  pytest.importorskip('sklearn', reason='the examples extra (scikit-learn) is not installed')
+  accuracy = _load('digits_cnn').main(['--smoke'])
+  assert 0.0 <= accuracy <= 1.0
+  out = capsys.readouterr().out
+  assert 'summary:' in out and 'test accuracy' in out
+
+
+def test_demo_runs(capsys):
+  _load('demo').main()
+  assert 'round trip exact: True' in capsys.readouterr().out
