@@ -26,3 +26,10 @@ def test_digits_cnn_smoke(capsys):
 def test_demo_runs(capsys):
   _load('demo').main()
   assert 'round trip exact: True' in capsys.readouterr().out
+
+
+def test_sharded_training_smoke(capsys):
+  loss = _load('sharded_training').main(['--smoke'])
+  assert loss == loss  # not NaN
+  out = capsys.readouterr().out
+  assert "Dense_0 kernel on P(None, \"model\"): True" in out
