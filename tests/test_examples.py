@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import sys
 
 import pytest
 
@@ -11,6 +12,7 @@ EXAMPLES = pathlib.Path(__file__).parent.parent / 'examples'
 def _load(name):
   spec = importlib.util.spec_from_file_location(f'example_{name}', EXAMPLES / f'{name}.py')
   module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses (Linen modules) look their module up
   spec.loader.exec_module(module)
   return module
 
