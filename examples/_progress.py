@@ -9,8 +9,9 @@ import time
 class Progress:
   """``with Progress(total, 'train') as bar: bar.update(loss=...)`` redraws one line."""
 
-  def __init__(self, total: int, label: str, stream=sys.stdout, width: int = 30):
-    self.total, self.label, self.stream, self.width = total, label, stream, width
+  def __init__(self, total: int, label: str, stream=None, width: int = 30):
+    self.total, self.label, self.width = total, label, width
+    self.stream = stream or sys.stdout
     self.done = 0
     self.start = time.perf_counter()
 
