@@ -334,8 +334,10 @@ def _child(parent, key, path, default=...):
   try:
     if isinstance(parent, Object):
       return parent._graph_children()[key]
-    return parent[key]
-  except (KeyError, IndexError, TypeError):
+    if isinstance(parent, (list, dict)) or type(parent) is tuple:
+      return parent[key]
+    return getattr(parent, key)  # other pytrees (NamedTuples, dataclasses): by field name
+  except (KeyError, IndexError, TypeError, AttributeError):
     if default is not ...:
       return default
     raise ValueError(f'update: the node has nothing at {key!r} on the way to {_fmt(path)}.') \

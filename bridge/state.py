@@ -145,6 +145,9 @@ class State(MutableMapping):
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
           raise ValueError(f'Path {path!r} goes through a leaf at {key!r}.')
+      if isinstance(node.get(path[-1]), dict):
+        raise ValueError(f'Path {path!r} is a leaf where other paths have a subtree; a '
+                         'State cannot hold both.')
       node[path[-1]] = leaf
     return cls(root)
 

@@ -628,3 +628,13 @@ def test_property_pure_dict_checkpoint_round_trip(m):
   for x, y in zip(jax.tree.leaves(original), jax.tree.leaves(restored), strict=True):
     assert x.dtype == y.dtype and x.shape == y.shape
     np.testing.assert_array_equal(x.astype(np.float32), np.asarray(y, np.float32))
+
+
+def test_update_descends_into_pytree_containers_like_optax_states():
+  import optax
+  model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  first = nnx.Optimizer(model, optax.adam(0.1), wrt=nnx.Param)
+  second = nnx.Optimizer(model, optax.adam(0.1), wrt=nnx.Param)
+  second.opt_state[0].mu['kernel'].value = jnp.ones((2, 2))
+  nnx.update(first, nnx.state(second))
+  np.testing.assert_array_equal(first.opt_state[0].mu['kernel'].value, jnp.ones((2, 2)))

@@ -380,3 +380,8 @@ def test_parity_pure_dict_flat_paths_and_filters():
   theirs.replace_by_pure_dict(pure)
   assert_pure_equal(ours.to_pure_dict(), theirs.to_pure_dict())
   assert nnx.restore_int_paths({'0': {'1': 2}}) == fnx.restore_int_paths({'0': {'1': 2}})
+
+
+def test_from_flat_path_refuses_a_leaf_over_a_subtree():
+  with pytest.raises(ValueError, match='subtree'):
+    nnx.State.from_flat_path([(('a', 'b'), 1), (('a',), 2)])
