@@ -35,3 +35,10 @@ def test_sharded_training_smoke(capsys):
   assert loss == loss  # not NaN
   out = capsys.readouterr().out
   assert "Dense_0 kernel on P(None, \"model\"): True" in out
+
+
+def test_migrate_end_to_end_smoke(capsys):
+  _load('migrate_end_to_end').main(['--smoke'])
+  out = capsys.readouterr().out
+  assert 'ParityReport: ok' in out
+  assert 'identical outputs: True' in out
