@@ -58,7 +58,8 @@ from bridge.nn.activations import (
 from bridge.nn.conv import Conv, ConvTranspose
 from bridge.nn.embed import Embed
 from bridge.nn.linear import Einsum, Linear, LinearGeneral
-from bridge.nn.normalization import BatchNorm
+from bridge.nn.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
+from bridge.nn.stochastic import Dropout
 from bridge.object import Object
 from bridge.optimizer import OptArray, Optimizer, OptState, OptVariable
 from bridge.rngs import (
