@@ -119,12 +119,18 @@ def test_vmap_state_axes_and_axis_hooks():
       self.s = nnx.BatchStat(jnp.zeros(2))
 
   m = M()
+  axes = nnx.StateAxes({nnx.Param: 0, nnx.BatchStat: None})
 
   def f(m):
-    m.s.value = m.s.value + m.w.value
-  nnx.vmap(f, in_axes=nnx.StateAxes({nnx.Param: 0, nnx.BatchStat: None}), axis_name='b')(m)
+    m.s.value = m.s.value + jax.lax.psum(m.w.value, 'b')  # the same in every mapped copy
+  nnx.vmap(f, in_axes=axes, axis_name='b')(m)
   assert seen == [('remove', 0, 'b'), ('add', 0, 'b')]
-  np.testing.assert_array_equal(m.s.value, jnp.ones(2))
+  np.testing.assert_array_equal(m.s.value, jnp.full(2, 4.0))
+
+  def leaky(m):  # a broadcast Variable given a per-copy value: an error, not a silent pick
+    m.s.value = m.s.value + m.w.value
+  with pytest.raises(ValueError, match='out_axes is None'):
+    nnx.vmap(leaky, in_axes=axes, axis_name='b')(m)
 
 
 def test_scan_batchnorm_stats_per_layer():

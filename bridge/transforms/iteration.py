@@ -166,24 +166,30 @@ def vmap(f=None, *, in_axes=0, out_axes=0, axis_name=None, axis_size=None,
         return out_axes[path[1]]
       return out_axes
 
-    def pure(leaves, dyn):
+    def pure(leaves, dyn, hooks: bool = True):
       roots, origin = build_inside(flat.graphdef, leaves)
-      _axis_change(_leaves_of(roots), leaf_axes, axis_name, False, transform_metadata)
+      if hooks:
+        _axis_change(_leaves_of(roots), leaf_axes, axis_name, False, transform_metadata)
       out = f(*insert(dyn, roots))
       walked = _Flattener()
       walked.walk((roots, out), ())
       axes = tuple(out_axis(path, leaf, origin) for path, leaf in walked.leaves)
-      _axis_change((leaf for _, leaf in walked.leaves), axes, axis_name, True,
-                   transform_metadata)
+      if hooks:
+        _axis_change((leaf for _, leaf in walked.leaves), axes, axis_name, True,
+                     transform_metadata)
       static, out_leaves = flatten_outside(roots, out, origin)
       return out_leaves, Box((static, axes))
 
-    out_leaves, box = jax.vmap(pure, in_axes=(leaf_axes, arg_specs), out_axes=0,
-                               axis_name=axis_name, axis_size=axis_size,
-                               spmd_axis_name=spmd_axis_name)(leaves, dyn_args)
-    static, axes = box.value
-    out_leaves = [x if a == 0 else (x[0] if a is None else jnp.moveaxis(x, 0, a))
-                  for x, a in zip(out_leaves, axes, strict=True)]
+    def mapped(fn, out_axes):
+      return jax.vmap(fn, in_axes=(leaf_axes, arg_specs), out_axes=out_axes,
+                      axis_name=axis_name, axis_size=axis_size, spmd_axis_name=spmd_axis_name)
+    # The output's axes depend on what the function creates: learn them from an abstract
+    # trace (hooks off), then map for real with them, so a broadcast Variable that comes out
+    # batched is JAX's clear error rather than a silent pick of one element.
+    _, box = jax.eval_shape(mapped(functools.partial(pure, hooks=False), 0), leaves, dyn_args)
+    axes = box.value[1]
+    out_leaves, box = mapped(pure, (list(axes), None))(leaves, dyn_args)
+    static = box.value[0]
     return write_back(flat, static, out_leaves)
 
   return wrapper
