@@ -55,6 +55,14 @@ from bridge.nn.activations import (
   swish,
   tanh,
 )
+from bridge.nn.attention import (
+  MultiHeadAttention,
+  combine_masks,
+  dot_product_attention,
+  dot_product_attention_weights,
+  make_attention_mask,
+  make_causal_mask,
+)
 from bridge.nn.conv import Conv, ConvTranspose
 from bridge.nn.embed import Embed
 from bridge.nn.linear import Einsum, Linear, LinearGeneral
