@@ -126,7 +126,7 @@ class Flat:
   """One walk of a set of graph arguments: GraphDef, leaf handles, nodes by index."""
 
   __slots__ = ('graphdef', 'paths', 'handles', 'groups', 'nodes', 'containers', 'epoch',
-               'roots', 'statics')
+               'roots', 'calls')
 
   def __init__(self, roots: tuple):
     f = _Flattener()
@@ -144,7 +144,7 @@ class Flat:
     self.containers = [(c, _snapshot(c)) for c in f.nodes if type(c) in (list, dict)]
     self.epoch = structure_epoch()
     self.roots = roots
-    self.statics: dict = {}  # the transform's static call data, interned per walk
+    self.calls: dict = {}  # the transform's compiled callables for this walk
 
   def still_valid(self, roots: tuple) -> bool:
     if len(roots) != len(self.roots):

@@ -84,14 +84,17 @@ class Jitted:
     out_static, leaves = flatten_outside(roots, out, origin)
     return leaves, Box(out_static)
 
-  def _jax_jit(self, donate: tuple, shardings_key):
-    key = (donate, shardings_key)
+  def _jax_jit(self, static: _CallStatic, donate: tuple, shardings_key):
+    """The ``jax.jit`` of ``_pure`` with ``static`` bound (one per distinct static, so
+    equal structures share jax's compilation cache)."""
+    key = (static, donate, shardings_key)
     jitted = self.compiled.get(key)
     if jitted is None:
       kwargs = dict(self.jit_kwargs)
       if shardings_key is not None:
         kwargs['in_shardings'] = shardings_key
-      jitted = jax.jit(self._pure, static_argnums=0, donate_argnums=donate, **kwargs)
+      jitted = jax.jit(functools.partial(self._pure, static),
+                       donate_argnums=tuple(i - 1 for i in donate), **kwargs)
       self.compiled[key] = jitted
     return jitted
 
@@ -105,13 +108,15 @@ class Jitted:
     static_kwargs, dyn_kwargs, donated_kwargs = self._split_kwargs(kwargs, nodes) \
       if kwargs else ((), {}, {})
     flat = self.cache.get(tuple(nodes))
-    static = _CallStatic(flat.graphdef, len(nodes), static_args, static_kwargs, len(args))
-    static = flat.statics.setdefault(static, static)  # one object per static: cheap eq
     donate = self._donation(args, kwargs, nodes) if (
       self.donate_argnums or self.donate_argnames) else ()
     shardings = self._in_shardings(args, nodes) if self.in_shardings is not None else None
-    leaves, box = self._jax_jit(donate, shardings)(static, dyn_kwargs, donated_kwargs,
-                                                     *flat.leaf_groups(), *dyn_args)
+    call_key = (static_args, static_kwargs, len(args), donate, shardings)
+    jitted = flat.calls.get(call_key)  # per walk: no GraphDef hashing on a steady call
+    if jitted is None:
+      static = _CallStatic(flat.graphdef, len(nodes), static_args, static_kwargs, len(args))
+      jitted = flat.calls[call_key] = self._jax_jit(static, donate, shardings)
+    leaves, box = jitted(dyn_kwargs, donated_kwargs, *flat.leaf_groups(), *dyn_args)
     return write_back(flat, box.value, leaves)
 
   def _split_kwargs(self, kwargs, nodes) -> tuple[tuple, dict, dict]:
