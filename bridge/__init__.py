@@ -25,6 +25,15 @@ from bridge.graph import (
   update,
 )
 from bridge.graph import state as _graph_state
+from bridge.interop.metadata import (
+  PARTITION_NAME,
+  NNXMeta,
+  get_named_sharding,
+  get_partition_spec,
+  with_partitioning,
+)
+from bridge.interop.to_linen import ToLinen, to_linen
+from bridge.interop.to_nnx import ToNNX, lazy_init
 from bridge.module import Dict, List, Module, Sequential, iter_children, iter_modules
 from bridge.nn import initializers
 from bridge.nn.activations import (

@@ -42,3 +42,9 @@ def test_migrate_end_to_end_smoke(capsys):
   out = capsys.readouterr().out
   assert 'ParityReport: ok' in out
   assert 'identical outputs: True' in out
+
+
+def test_decoder_lm_smoke(capsys):
+  loss = _load('decoder_lm').main(['--smoke'])
+  assert 0.0 < loss < 10.0
+  assert 'a sample decoded with the cache' in capsys.readouterr().out
