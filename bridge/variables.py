@@ -215,11 +215,13 @@ class Variable:
     if _has_tracer(value) and self._trace is not _current_trace() \
         and self._trace != _current_trace():
       shape = getattr(value, 'shape', None)
+      where = _owner_path(self)
       raise TraceContextError(
-        f'Cannot write a traced value (shape {shape}) into a {type(self).__name__} that was '
-        'created outside this transform: the tracer would escape. Pass the Module that '
-        'holds it as an argument of the transform (e.g. bridge.jit(f)(model, x)) instead of '
-        'closing over it, or use bridge transforms rather than jax ones for Modules.')
+        f'Cannot write a traced value (shape {shape}) into the {type(self).__name__}'
+        f'{f" at {where!r}" if where else ""}: it was created outside this transform, so the '
+        'tracer would escape. Pass the Module that holds it as an argument of the transform '
+        '(e.g. bridge.jit(f)(model, x)) instead of closing over it, or use bridge transforms '
+        'rather than jax ones for Modules.')
 
   def get_value(self, *, index=MISSING):
     """The value (``value[index]`` if given), after the get hooks."""
@@ -429,6 +431,52 @@ def _flatten(v: Variable):
 
 def _unflatten(cls, metadata, children):
   return _fill(object.__new__(cls), children[0], metadata.value)
+
+
+def _owner_path(var: Variable) -> str | None:
+  """A path to ``var`` for error messages: ``'Module/attr/...'`` from the ``self`` of a
+  method on the call stack, else ``'name/attr/...'`` from a Module held in a local or
+  global variable of a calling function."""
+  import sys
+  frame = sys._getframe(2)
+  while frame is not None:
+    owner = frame.f_locals.get('self')
+    if owner is not None and owner is not var and hasattr(owner, '_graph_children'):
+      path = _find(owner, var, set())
+      if path is not None:
+        return '/'.join((type(owner).__name__, *map(str, path)))
+    for scope in (frame.f_locals, frame.f_globals):
+      for name, value in list(scope.items()):
+        if hasattr(value, '_graph_children') and not isinstance(value, type):
+          path = _find(value, var, set())
+          if path is not None:
+            return '/'.join((name, *map(str, path)))
+    frame = frame.f_back
+  return None
+
+
+def _find(node, var, seen: set) -> tuple | None:
+  """The attribute/item path from ``node`` to ``var`` (identity), or None."""
+  if id(node) in seen:
+    return None
+  seen.add(id(node))
+  if isinstance(node, dict):
+    items = node.items()
+  elif isinstance(node, (list, tuple)):
+    items = enumerate(node)
+  elif hasattr(node, '__dict__') and not isinstance(node, type):
+    items = vars(node).items()
+  else:
+    return None
+  for key, value in items:
+    if value is var:
+      return (key,)
+    if isinstance(value, (dict, list, tuple)) or (hasattr(value, '__dict__')
+                                                  and not callable(value)):
+      sub = _find(value, var, seen)
+      if sub is not None:
+        return (key, *sub)
+  return None
 
 
 class TraceContextError(ValueError):

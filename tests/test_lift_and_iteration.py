@@ -173,9 +173,22 @@ def test_tracer_escaping_into_closed_over_variable_is_a_clear_error():
   def leak(x):
     c.n.value = x
     return x
-  with pytest.raises(nnx.variables.TraceContextError, match='created outside this transform'):
+  with pytest.raises(nnx.variables.TraceContextError, match="BatchStat at 'c/n'"):
     leak(jnp.array(1))
   assert int(c.n.value) == 0
+
+
+def test_tracer_escape_error_names_the_path_from_the_writing_module():
+  class Holder(nnx.Module):
+    def __init__(self):
+      self.counter = Counter()
+
+    def bump(self, x):
+      self.counter.n.value = x
+
+  holder = Holder()
+  with pytest.raises(nnx.variables.TraceContextError, match="at 'Holder/counter/n'"):
+    jax.jit(lambda x: holder.bump(x))(jnp.array(1))
 
 
 def test_no_warnings_from_bridge_transforms():
