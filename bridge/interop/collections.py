@@ -63,13 +63,29 @@ def linen_to_tree(variables: tp.Mapping) -> dict:
   return _nest(flat)
 
 
+def collection_of(var_type: type[Variable], path: Path = ()) -> str:
+  """The Linen collection of a Variable type: its registered name, else its class name
+  (registered on first sight, as flax does); an error naming ``path`` and the fix when
+  that class name already belongs to another type."""
+  try:
+    return variable_name_from_type(var_type, allow_register=True)
+  except ValueError:
+    where = f' at {"/".join(map(str, path))!r}' if path else ''
+    raise ValueError(
+      f'The {var_type.__qualname__} Variable{where} has no Linen collection: its type is not '
+      f'registered and its class name {var_type.__name__!r} is already the collection of '
+      'another Variable type. Give it a collection name: '
+      f'`bridge.register_variable_name("some_name", {var_type.__name__})`.') from None
+
+
 def tree_to_linen(tree: tp.Mapping, metadata_fn: tp.Callable | None = to_linen_var) -> dict:
   """Linen variables (``{collection: nested dict}``) from a tree of Variables."""
   out: dict[Path, tp.Any] = {}
   for path, var in _flat(tree).items():
     if not isinstance(var, Variable):
       raise ValueError(f'Cannot map {"/".join(map(str, path))!r} to a Linen collection: it is '
-                       f'a {type(var).__name__}, not a Variable.')
-    collection = variable_name_from_type(type(var), allow_register=True)
+                       f'a {type(var).__name__}, not a Variable; keep module state in '
+                       'Variables (e.g. bridge.Variable(array)).')
+    collection = collection_of(type(var), path)
     out[(collection, *path)] = metadata_fn(var) if metadata_fn else var.get_value()
   return _nest(out)

@@ -23,17 +23,20 @@ one as its raw array.
 
 from __future__ import annotations
 
+import dataclasses
 import typing as tp
 
 import jax
 from flax import struct
 from flax.core import meta
-from flax.linen import spmd as linen_spmd
+from flax.core import spmd as core_spmd
 
 from bridge.state import State, map_state
 from bridge.variables import Variable, variable_type_from_name, with_metadata
 
 PARTITION_NAME = meta.PARTITION_NAME
+# fields of nn.Partitioned / nn.LogicallyPartitioned and the Variable metadata they become
+_BOX_TO_VAR = {'names': 'out_sharding', 'rules': 'sharding_rules'}
 _HOOKS = ('on_set_value', 'on_get_value', 'on_create_value', 'on_add_axis', 'on_remove_axis')
 
 
@@ -81,9 +84,15 @@ class NNXMeta(struct.PyTreeNode, meta.AxisMetadata):
 
 
 def _spec(metadata: tp.Mapping) -> jax.sharding.PartitionSpec | None:
+  """The spec of sharding metadata; logical names go through the Variable's
+  ``sharding_rules`` and the ``nn.logical_axis_rules`` in effect, as in flax.nnx."""
   names = metadata.get('out_sharding', metadata.get('sharding'))
-  if names is None:
+  if not names:
     return None
+  context_rules = core_spmd.get_logical_axis_rules()
+  if context_rules or metadata.get('sharding_rules'):
+    rules = core_spmd.composite_rules(context_rules, metadata.get('sharding_rules') or ())
+    names = core_spmd.from_sharding_rules(tuple(names), rules)
   return names if isinstance(names, jax.sharding.PartitionSpec) else \
     jax.sharding.PartitionSpec(*names)
 
@@ -96,11 +105,11 @@ def to_nnx_var(collection: str, x) -> Variable:
       raise ValueError(f'NNXMeta holds a {x.var_type.__name__} but collection '
                        f'{collection!r} maps to {var_type.__name__}.')
     return x.to_nnx_variable()
-  if isinstance(x, meta.Partitioned):  # LogicallyPartitioned too
-    metadata = {'out_sharding': tuple(x.names), 'mesh': x.mesh, 'linen_meta_type': type(x)}
-    if isinstance(x, linen_spmd.LogicallyPartitioned):
-      metadata['sharding_rules'] = x.rules
-    return var_type(x.value, **metadata)
+  if isinstance(x, meta.Partitioned):  # LogicallyPartitioned and subclasses too
+    metadata = {_BOX_TO_VAR.get(f.name, f.name): getattr(x, f.name)
+                for f in dataclasses.fields(x) if f.name != 'value'}
+    metadata['out_sharding'] = tuple(x.names)
+    return var_type(x.value, **metadata, linen_meta_type=type(x))
   if isinstance(x, meta.AxisMetadata):
     return var_type(x.unbox(), linen_box=x.replace_boxed(None))
   return var_type(x)
@@ -117,9 +126,9 @@ def to_linen_var(var: Variable):
   value = var.get_value()
   box_type = metadata.get('linen_meta_type')
   if box_type is not None:
-    kwargs = {'names': tuple(metadata['out_sharding']), 'mesh': metadata.get('mesh')}
-    if issubclass(box_type, linen_spmd.LogicallyPartitioned):
-      kwargs['rules'] = metadata.get('sharding_rules')
+    kwargs = {f.name: metadata[_BOX_TO_VAR.get(f.name, f.name)]
+              for f in dataclasses.fields(box_type)
+              if f.name != 'value' and _BOX_TO_VAR.get(f.name, f.name) in metadata}
     return box_type(value, **kwargs)
   if 'linen_box' in metadata:
     return metadata['linen_box'].replace_boxed(value)

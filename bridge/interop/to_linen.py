@@ -4,7 +4,11 @@
 Linen variables, one collection per Variable type. ``apply`` does not run the Module's
 initializers again: the Module's structure is built once (abstractly, or taken from
 ``init``) and cached; each apply fills it with the incoming variables, calls the method
-and stores the mutable collections back.
+and stores the mutable collections back. Variables a call created (sown values, a cache)
+that come back in the incoming variables are set again where they were. A Module that
+keeps RNG streams gets, at each apply, the streams its constructor would make from Linen's
+keys (as flax's ToLinen, which rebuilds the Module), computed by a compiled function in
+which the initializers are traced once but never run.
 
 >>> import jax, jax.numpy as jnp
 >>> import bridge
@@ -28,32 +32,63 @@ import jax.numpy as jnp
 from flax.core import FrozenDict, meta
 
 from bridge._static import hashable
-from bridge.graph import flatten, iter_graph, unflatten
-from bridge.interop.collections import _flat, tree_to_linen
+from bridge.graph import flatten, iter_graph, pop, unflatten
+from bridge.interop.collections import _flat, collection_of, tree_to_linen
 from bridge.interop.metadata import to_linen_var, to_nnx_var
 from bridge.interop.to_nnx import ToNNX
+from bridge.module import Module
 from bridge.rngs import RngCount, RngKey, Rngs, RngState
 from bridge.transforms.lift import eval_shape
-from bridge.variables import Variable, variable_name_from_type
+from bridge.variables import Variable
 
 
 class _Template(tp.NamedTuple):
-  """A Module's structure: its GraphDef and, per leaf, its path and Variable type."""
+  """A Module's structure: its GraphDef and, per leaf, its path and Variable type; and the
+  function giving the RNG state its constructor makes from Linen's keys."""
   graphdef: tp.Any
   leaves: tuple  # ((path, type, tag or None), ...)
+  rng_state: tp.Callable[[dict], dict]
 
 
 _TEMPLATES: dict[tp.Hashable, _Template] = {}
+_DEFAULT_STREAM = 0x64656661  # folded into the params key for a default stream ("defa")
 
 
-def _template_of(module) -> _Template:
+def _construct(nnx_class, args, kwargs, skip_rng: bool, stream_names, make_key):
+  kwargs = dict(kwargs)
+  if not skip_rng:
+    kwargs['rngs'] = Rngs(**{n: make_key(n) for n in stream_names})
+  return nnx_class(*args, **kwargs)
+
+
+def _rng_state_fn(nnx_class, args, kwargs, skip_rng, stream_names) -> tp.Callable:
+  """``keys -> {path: value}``: the RNG state of the Module constructed with ``keys``,
+  compiled (the initializers' work is dead code XLA drops)."""
+  paths: list = []
+
+  @jax.jit
+  def rng_values(keys):
+    module = _construct(nnx_class, args, kwargs, skip_rng, stream_names, keys.__getitem__)
+    leaves = [(p, v.raw_value) for p, v in flatten(module)[1] if isinstance(v, RngState)]
+    paths[:] = [p for p, _ in leaves]
+    return [v for _, v in leaves]
+
+  def rng_state(keys: dict) -> dict:
+    values = rng_values(keys)  # the first call traces, which records the paths
+    return dict(zip(paths, values, strict=True))
+
+  return rng_state
+
+
+def _template_of(module, rng_state) -> _Template:
   graphdef, leaves = flatten(module)
   if any(not isinstance(v, Variable) for _, v in leaves):
     bad = next(p for p, v in leaves if not isinstance(v, Variable))
     raise ValueError(f'ToLinen: {type(module).__name__} holds a raw array at '
                      f'{"/".join(map(str, bad))!r}; keep module state in Variables '
                      '(e.g. bridge.Variable(array)) so it can live in a Linen collection.')
-  return _Template(graphdef, tuple((p, type(v), v._metadata.get('tag')) for p, v in leaves))
+  return _Template(graphdef, tuple((p, type(v), v._metadata.get('tag')) for p, v in leaves),
+                   rng_state)
 
 
 def _method(module, nnx_method):
@@ -81,8 +116,19 @@ class ToLinen(nn.Module):
     return tuple(sorted(self.scope.rngs)) if self.scope is not None else ()
 
   def _stream_names(self, rng_names: tuple[str, ...]) -> tuple[str, ...]:
-    """The module's streams: Linen's rngs plus ``default`` (served by Linen's fallback)."""
+    """The module's streams: Linen's rngs plus ``default``."""
     return rng_names if 'default' in rng_names else (*rng_names, 'default')
+
+  def _stream_keys(self, rng_names: tuple[str, ...]) -> dict[str, jax.Array]:
+    """A key per stream: Linen's next key for each of its rngs (one ``make_rng`` each, as
+    flax's ToLinen, so keys match flax's even under ``nn.scan``, where every extra call
+    shifts them); a ``default`` stream Linen lacks gets a key derived from the ``params``
+    key, or a fixed key without ``params``."""
+    keys = {name: self.make_rng(name) for name in rng_names}
+    if 'default' not in keys:
+      keys['default'] = jax.random.fold_in(keys['params'], _DEFAULT_STREAM) \
+        if 'params' in keys else jax.random.key(0)
+    return keys
 
   def _linen_key(self, name: str) -> jax.Array:
     """Linen's next key for stream ``name`` (Linen falls back to ``params``); a fixed key
@@ -93,20 +139,23 @@ class ToLinen(nn.Module):
       return jax.random.key(0)
 
   def _build(self, rng_names: tuple[str, ...], make_key):
-    kwargs = dict(self.kwargs)
-    if not self.skip_rng:
-      kwargs['rngs'] = Rngs(**{n: make_key(n) for n in self._stream_names(rng_names)})
-    return self.nnx_class(*self.args, **kwargs)
+    return _construct(self.nnx_class, self.args, self.kwargs, self.skip_rng,
+                      self._stream_names(rng_names), make_key)
 
   def _key(self, rng_names) -> tp.Hashable:
     return hashable((self.nnx_class, tuple(self.args), dict(self.kwargs), self.skip_rng,
                      rng_names))
 
+  def _new_template(self, module, rng_names) -> _Template:
+    return _template_of(module, _rng_state_fn(self.nnx_class, tuple(self.args),
+                                              dict(self.kwargs), self.skip_rng,
+                                              self._stream_names(rng_names)))
+
   @nn.compact
   def __call__(self, *args, nnx_method=None, **kwargs):
     rng_names = self._rng_names()
-    if self.is_initializing():
-      module = self._build(rng_names, self._linen_key)
+    if self.is_initializing() and not any(self.variables.values()):
+      module = self._build(rng_names, self._stream_keys(rng_names).__getitem__)
       before = {p: v.raw_value for p, v in flatten(module)[1] if isinstance(v, Variable)}
       wrappers = _lazy_wrappers(module)
       try:
@@ -114,50 +163,75 @@ class ToLinen(nn.Module):
       finally:
         for m in wrappers:
           object.__setattr__(m, '_object__initializing', False)
-      _TEMPLATES[self._key(rng_names)] = _template_of(module)
       self._store(module, restore=before)
+      # what init did not keep (sown intermediates) is not part of the structure
+      _drop_variables(module, lambda collection: not self.is_mutable_collection(collection))
+      _TEMPLATES[self._key(rng_names)] = self._new_template(module, rng_names)
       return out
+    # apply, or a second call during init (which, as in Linen, uses the variables the
+    # first call created and does not change them)
     module = self._from_variables(rng_names, args, kwargs, nnx_method)
+    before = {p: v.raw_value for p, v in flatten(module)[1]} if self.is_initializing() else None
     out = _method(module, nnx_method)(module, *args, **kwargs)
-    self._store(module)
+    self._store(module, restore=before)
     return out
 
-  def _from_variables(self, rng_names, args, kwargs, nnx_method):
-    """The Module rebuilt from the cached template and this scope's variables."""
+  def _template(self, rng_names, args, kwargs, nnx_method) -> _Template:
     key = self._key(rng_names)
     template = _TEMPLATES.get(key)
     if template is None:  # e.g. variables restored in a fresh process: build abstractly
       def build():
         module = self._build(rng_names, lambda _: jax.random.key(0))
-        _lazy_wrappers(module)
-        if any(isinstance(m, ToNNX) for m in _all_nodes(module)):
+        if _lazy_wrappers(module):  # ToNNX inside: their variables come from a call
           _method(module, nnx_method)(module, *args, **kwargs)
+          _drop_variables(module, lambda collection: collection == 'intermediates')
         return module
-      template = _TEMPLATES[key] = _template_of(eval_shape(build))
+      template = _TEMPLATES[key] = self._new_template(eval_shape(build), rng_names)
+    return template
+
+  def _from_variables(self, rng_names, args, kwargs, nnx_method):
+    """The Module rebuilt from the cached template and this scope's variables."""
+    template = self._template(rng_names, args, kwargs, nnx_method)
     incoming = {}
     for collection, values in self.variables.items():
       for path, x in _flat(values, is_leaf=lambda v: isinstance(v, meta.AxisMetadata)).items():
         incoming[path] = (collection, x)
-    leaves, used = [], set()
+    leaves, rng_state = [], None
     for path, var_type, tag in template.leaves:
       if issubclass(var_type, RngState):
-        leaves.append(self._rng_leaf(var_type, tag))
+        if rng_state is None:
+          rng_state = template.rng_state(self._stream_keys(rng_names))
+        leaves.append(rng_state[path] if path in rng_state else self._rng_leaf(var_type, tag))
         continue
-      collection = variable_name_from_type(var_type, allow_register=True)
-      if path not in incoming or incoming[path][0] != collection:
+      collection = collection_of(var_type, path)
+      if incoming.get(path, (None,))[0] != collection:
         raise ValueError(
           f'ToLinen({_name(self.nnx_class)}): no variable {"/".join(map(str, path))!r} in '
           f'collection {collection!r} of the incoming variables; pass the variables that '
           '`init` returned (all collections).')
-      used.add(path)
-      leaves.append(to_nnx_var(collection, incoming[path][1]))
-    unknown = sorted('/'.join(map(str, p)) for p in incoming if p not in used)
+      leaves.append(to_nnx_var(collection, incoming.pop(path)[1]))
+    module = unflatten(template.graphdef, leaves)
+    if incoming:
+      self._attach(module, incoming)
+    return module
+
+  def _attach(self, module, extra: dict) -> None:
+    """Sets incoming variables that a call created (sown values, a cache made on first
+    use) on their Module again; anything else is an unknown path."""
+    nodes = dict(iter_graph(module))
+    unknown = sorted('/'.join(map(str, p)) for p, (collection, _) in extra.items()
+                     if collection == 'params' or p in nodes
+                     or not isinstance(nodes.get(p[:-1]), Module))
     if unknown:
-      raise ValueError(f'ToLinen({_name(self.nnx_class)}): incoming variables the module does '
-                       f'not have: {unknown}.')
-    return unflatten(template.graphdef, leaves)
+      raise ValueError(
+        f'ToLinen({_name(self.nnx_class)}): incoming variables the module does not have: '
+        f'{unknown}. Pass the variables that `init` (or a mutable `apply`) returned for '
+        'this module.')
+    for path, (collection, x) in extra.items():
+      setattr(nodes[path[:-1]], path[-1], to_nnx_var(collection, x))
 
   def _rng_leaf(self, var_type, tag):
+    """The state of a stream the constructor does not make (one created by a call)."""
     if var_type is RngCount or issubclass(var_type, RngCount):
       return jnp.zeros((), jnp.uint32)
     return self._linen_key(tag) if issubclass(var_type, RngKey) else jax.random.key(0)
@@ -202,6 +276,15 @@ def _name(cls) -> str:
 
 def _all_nodes(module):
   return [x for _, x in iter_graph(module)]
+
+
+def _drop_variables(module, drop: tp.Callable[[str], bool]) -> None:
+  """Removes the Variables (but RNG state) whose collection ``drop`` selects."""
+  def selected(path, x) -> bool:
+    return isinstance(x, Variable) and not isinstance(x, RngState) and \
+      drop(collection_of(type(x), path))
+  if any(selected(p, v) for p, v in flatten(module)[1]):
+    pop(module, selected)
 
 
 def _lazy_wrappers(module) -> list:

@@ -16,6 +16,7 @@ wrapper's ``Rngs`` and writes the mutable collections back.
 from __future__ import annotations
 
 import functools
+import re
 import typing as tp
 
 import flax.errors
@@ -23,11 +24,11 @@ import flax.linen as nn
 import jax
 
 from bridge.graph import iter_graph
-from bridge.interop.collections import linen_to_tree, tree_to_linen
+from bridge.interop.collections import collection_of, linen_to_tree, tree_to_linen
 from bridge.module import Module
 from bridge.object import bump_structure_epoch
 from bridge.rngs import Rngs
-from bridge.variables import Variable, variable_name_from_type
+from bridge.variables import Variable
 
 
 def _rng_dict(rngs) -> dict:
@@ -42,22 +43,35 @@ def _rng_dict(rngs) -> dict:
   return keys
 
 
+def _enclosing_linen_module() -> nn.Module | None:
+  """The Linen module whose method is running (a ToLinen around this wrapper), if any."""
+  stack = nn.module._context.module_stack
+  return stack[-1] if stack else None
+
+
 def _mutable_names(mutable, present: tp.Iterable[str]):
-  """Linen's ``mutable`` from ours: a bool, a name, names, or Variable types."""
-  if mutable is None:  # by default every collection but params changes in place
+  """Linen's ``mutable`` from ours: a bool, a name, names, or Variable types. By default,
+  what the enclosing Linen call may change (as in flax); outside Linen, every collection
+  but params (a stateful Module updates its statistics in place)."""
+  if mutable is None:
+    linen_parent = _enclosing_linen_module()
+    if linen_parent is not None and linen_parent.scope is not None:
+      return linen_parent.scope.mutable
     names = [c for c in present if c != 'params']
     return names or False
   if isinstance(mutable, (bool, str)):
     return mutable
   items = mutable if isinstance(mutable, (list, tuple)) else (mutable,)
-  return [variable_name_from_type(m, allow_register=True) if isinstance(m, type) else m
-          for m in items]
+  return [collection_of(m) if isinstance(m, type) else m for m in items]
 
 
 class ToNNX(Module):
   """Wraps a Linen module; ``lazy_init(*args)`` initializes it like ``init``, calls work
   like ``apply``, and any method of the Linen module is reachable as an attribute
-  (``model.encode(x)``). See the module docstring for an example."""
+  (``model.encode(x)``). A call's ``mutable=`` (True, a collection name, names, Variable
+  types) says which collections it writes back; by default every collection the wrapper
+  has but ``params`` (BatchNorm statistics update on each call), or, inside a Linen
+  module's call, what that call may change. See the module docstring for an example."""
 
   def __init__(self, module: nn.Module, rngs: Rngs | jax.Array | None = None):
     self.to_nnx__module = module
@@ -100,11 +114,9 @@ class ToNNX(Module):
     mutable = _mutable_names(mutable, variables)
     try:
       out = module.apply(variables, *args, rngs=keys, method=method, mutable=mutable, **kwargs)
-    except (flax.errors.ScopeParamNotFoundError, flax.errors.ScopeCollectionNotFound) as e:
-      raise ValueError(
-        f'ToNNX({type(module).__name__}).{method or "__call__"} needs variables that '
-        f'initialization did not create ({e.__class__.__name__}); initialize that method '
-        f'too: `bridge.lazy_init(model.{method or "__call__"}, *sample_args)`.') from e
+    except (flax.errors.ScopeParamNotFoundError, flax.errors.ScopeCollectionNotFound,
+            flax.errors.ScopeVariableNotFoundError) as e:
+      raise _missing_variables_error(module, method, e) from e
     if mutable is False:
       return out
     out, updates = out
@@ -115,6 +127,24 @@ class ToNNX(Module):
     """Merges Linen variables into the attributes: existing Variables are updated in
     place (their identity kept), new paths become new entries."""
     _merge_into(self, linen_to_tree(variables))
+
+
+def _missing_variables_error(module: nn.Module, method, error: Exception) -> ValueError:
+  """What to do when a call needs variables the wrapper does not have: initialize the
+  method (params), or let the call create them (any other collection)."""
+  name = method if isinstance(method, str) or method is None else method.__name__
+  call = f'ToNNX({type(module).__name__}).{name or "__call__"}'
+  linen_message = str(error).split(' (https://')[0]
+  init = f'`bridge.lazy_init(model.{name or "__call__"}, *sample_args)`'
+  collection = re.search(r'collection "([^"]+)"', linen_message)
+  if collection and collection.group(1) != 'params':
+    fix = (f'This call creates variables of collection {collection.group(1)!r}: pass '
+           f"`mutable=['{collection.group(1)}']` (or mutable=True) to let it, or create "
+           f'them at initialization with {init}.')
+  else:
+    fix = f'This call needs parameters that initialization did not create: initialize it too ' \
+          f'with {init}.'
+  return ValueError(f'{call}: {linen_message} {fix}')
 
 
 def _merge_into(parent, tree: dict) -> None:
