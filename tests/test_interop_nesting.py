@@ -229,9 +229,6 @@ def test_vmap_transform_metadata_adds_the_axis_to_partitioned_to_nnx_variables()
   assert model.kernel.out_sharding == ('layers', 'in', 'out')
 
 
-@pytest.mark.xfail(strict=True, reason='core bug (bridge/transforms/iteration.py, 0ad0fd3): '
-                   "vmap's abstract pass for output axes skips the metadata transform, so the "
-                   'function sees sharding names that do not match its values')
 def test_every_trace_of_a_vmapped_function_sees_consistent_sharding_metadata():
   dense = nn.Dense(3, kernel_init=nn.with_partitioning(nn.initializers.lecun_normal(),
                                                        ('in', 'out')))

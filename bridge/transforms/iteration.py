@@ -101,7 +101,7 @@ PARTITION_NAME = 'partition_name'
 
 
 def _axis_change(variables: tp.Iterable, axes: tp.Iterable, axis_name, adding: bool,
-                 transform_metadata) -> None:
+                 transform_metadata, run_hooks: bool = True) -> None:
   """Tells each Variable mapped on an int axis that the axis is removed (entering the
   transform) or added back (leaving it): its hooks run, and with
   ``transform_metadata={PARTITION_NAME: name}`` its sharding metadata loses / regains
@@ -119,7 +119,8 @@ def _axis_change(variables: tp.Iterable, axes: tp.Iterable, axis_name, adding: b
         else:
           del spec[axis]
         var.set_metadata(key, tuple(spec))
-    (var.add_axis if adding else var.remove_axis)(axis, axis_name)
+    if run_hooks:
+      (var.add_axis if adding else var.remove_axis)(axis, axis_name)
 
 
 def _leaves_of(roots) -> list:
@@ -168,15 +169,13 @@ def vmap(f=None, *, in_axes=0, out_axes=0, axis_name=None, axis_size=None,
 
     def pure(leaves, dyn, hooks: bool = True):
       roots, origin = build_inside(flat.graphdef, leaves)
-      if hooks:
-        _axis_change(_leaves_of(roots), leaf_axes, axis_name, False, transform_metadata)
+      _axis_change(_leaves_of(roots), leaf_axes, axis_name, False, transform_metadata, hooks)
       out = f(*insert(dyn, roots))
       walked = _Flattener()
       walked.walk((roots, out), ())
       axes = tuple(out_axis(path, leaf, origin) for path, leaf in walked.leaves)
-      if hooks:
-        _axis_change((leaf for _, leaf in walked.leaves), axes, axis_name, True,
-                     transform_metadata)
+      _axis_change((leaf for _, leaf in walked.leaves), axes, axis_name, True,
+                   transform_metadata, hooks)
       static, out_leaves = flatten_outside(roots, out, origin)
       return out_leaves, Box((static, axes))
 
@@ -184,8 +183,9 @@ def vmap(f=None, *, in_axes=0, out_axes=0, axis_name=None, axis_size=None,
       return jax.vmap(fn, in_axes=(leaf_axes, arg_specs), out_axes=out_axes,
                       axis_name=axis_name, axis_size=axis_size, spmd_axis_name=spmd_axis_name)
     # The output's axes depend on what the function creates: learn them from an abstract
-    # trace (hooks off), then map for real with them, so a broadcast Variable that comes out
-    # batched is JAX's clear error rather than a silent pick of one element.
+    # trace (sharding metadata moved as in the real one, users' axis hooks not run), then
+    # map for real with them, so a broadcast Variable that comes out batched is JAX's clear
+    # error rather than a silent pick of one element. The function is traced twice.
     _, box = jax.eval_shape(mapped(functools.partial(pure, hooks=False), 0), leaves, dyn_args)
     axes = box.value[1]
     out_leaves, box = mapped(pure, (list(axes), None))(leaves, dyn_args)
