@@ -25,8 +25,7 @@ import jax
 
 from bridge.graph import iter_graph
 from bridge.interop.collections import collection_of, linen_to_tree, tree_to_linen
-from bridge.module import Module
-from bridge.object import bump_structure_epoch
+from bridge.module import Dict, Module
 from bridge.rngs import Rngs
 from bridge.variables import Variable
 
@@ -148,20 +147,24 @@ def _missing_variables_error(module: nn.Module, method, error: Exception) -> Val
 
 
 def _merge_into(parent, tree: dict) -> None:
+  """Merges nested dicts of Variables into ``parent`` (the wrapper or one of its ``Dict``
+  containers): existing Variables are updated in place, new subtrees are stored as
+  ``bridge.Dict`` containers (which report their own changes, so jitted calls need no per-call
+  check of plain containers)."""
   for key, value in tree.items():
-    current = parent._graph_children().get(key) if isinstance(parent, Module) else \
-      parent.get(key)
-    if isinstance(value, dict) and isinstance(current, dict):
+    current = parent._graph_children().get(key)
+    if isinstance(value, dict) and isinstance(current, Dict):
       _merge_into(current, value)
-      continue
-    if isinstance(value, Variable) and type(current) is type(value):
+    elif isinstance(value, Variable) and type(current) is type(value):
       current.update_from_state(value)
-      continue
-    if isinstance(parent, Module):
-      setattr(parent, key, value)
+    elif isinstance(parent, Dict):
+      parent[key] = _as_dicts(value)
     else:
-      parent[key] = value
-      bump_structure_epoch()
+      setattr(parent, key, _as_dicts(value))
+
+
+def _as_dicts(value):
+  return Dict({k: _as_dicts(v) for k, v in value.items()}) if isinstance(value, dict) else value
 
 
 def lazy_init(fn, *args, **kwargs):
