@@ -764,3 +764,41 @@ def test_module_passed_as_keyword():
   f(jnp.array(2), m=m)
   f(jnp.array(3), m=m)
   assert int(m.n.value) == 5
+
+
+def test_values_the_function_does_not_write_are_not_returned_or_replaced():
+  class TwoStats(nnx.Module):
+    def __init__(self):
+      self.touched = nnx.BatchStat(jnp.zeros(3))
+      self.untouched = nnx.BatchStat(jnp.ones(3))
+
+  m = TwoStats()
+  before = m.untouched.raw_value
+
+  @nnx.jit
+  def f(m):
+    m.touched.value = m.touched.value + 1
+    return m.untouched.value.sum()
+
+  for _ in range(3):
+    assert float(f(m)) == 3.0
+  assert m.untouched.raw_value is before  # kept, not a fresh copy out of the computation
+  np.testing.assert_array_equal(m.touched.value, jnp.full(3, 3.0))
+
+
+def test_donated_module_gets_every_value_back_even_unwritten_ones():
+  class TwoStats(nnx.Module):
+    def __init__(self):
+      self.touched = nnx.BatchStat(jnp.zeros(3))
+      self.untouched = nnx.BatchStat(jnp.ones(3))
+
+  m = TwoStats()
+
+  @nnx.jit(donate_argnums=0)
+  def f(m):
+    m.touched.value = m.touched.value + 1
+
+  f(m)
+  f(m)
+  np.testing.assert_array_equal(m.untouched.value, jnp.ones(3))  # not a deleted buffer
+  np.testing.assert_array_equal(m.touched.value, jnp.full(3, 2.0))

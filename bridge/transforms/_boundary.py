@@ -201,30 +201,47 @@ def build_inside(graphdef: GraphDef, leaves: tp.Sequence):
   return roots, {id(node): i for i, node in u.nodes.items()}
 
 
-def flatten_outside(roots: tuple, out, origin: dict):
+def flatten_outside(roots: tuple, out, origin: dict, inputs: list | None = None,
+                    graphdef: GraphDef | None = None):
   """Flattens the nodes after the call together with the output; returns ``(static,
-  leaves)`` where ``static`` holds the GraphDef and each new node's origin."""
+  leaves)`` where ``static`` holds the GraphDef and each new node's origin.
+
+  With ``inputs`` (the leaves the nodes were built from, by ``graphdef``) and an unchanged
+  structure, leaves that are still the very input values are left out and ``static.changed`` lists
+  the ones returned: what the function did not write costs no output.
+  """
   f = _Flattener()
   root = f.walk((roots, out), ())
   origins = tuple(origin.get(id(n), -1) for n in f.nodes)
-  return OutStatic(GraphDef(root), origins), [
-    leaf.raw_value if isinstance(leaf, Variable) else leaf for _, leaf in f.leaves]
+  static = OutStatic(GraphDef(root), origins)
+  leaves = [leaf.raw_value if isinstance(leaf, Variable) else leaf for _, leaf in f.leaves]
+  if inputs and type(root) is NodeDef and root.children[0][1] == graphdef.root and \
+      origins[:len(origin)] == tuple(range(len(origin))):
+    n = len(inputs)
+    changed = tuple(i for i in range(n) if leaves[i] is not inputs[i])
+    if len(changed) < n:
+      static.changed = changed
+      leaves = [leaves[i] for i in changed] + leaves[n:]
+  return static, leaves
 
 
 class OutStatic:
-  """Static result of the traced function: the output GraphDef and node origins."""
+  """Static result of the traced function: the output GraphDef, node origins, and which
+  input leaves came back (``changed``; ``None``: all of them)."""
 
-  __slots__ = ('graphdef', 'origins', 'fast')
+  __slots__ = ('graphdef', 'origins', 'changed', 'fast')
 
   def __init__(self, graphdef, origins):
-    self.graphdef, self.origins, self.fast = graphdef, origins, None
+    self.graphdef, self.origins, self.changed, self.fast = graphdef, origins, None, None
+
+  def _key(self):
+    return self.graphdef, self.origins, self.changed
 
   def __eq__(self, other):
-    return isinstance(other, OutStatic) and (self.graphdef, self.origins) == (
-      other.graphdef, other.origins)
+    return isinstance(other, OutStatic) and self._key() == other._key()
 
   def __hash__(self):
-    return hash((self.graphdef, self.origins))
+    return hash(self._key())
 
 
 class Box:
@@ -251,10 +268,16 @@ def write_back(flat: Flat, static: OutStatic, leaves: list):
   if static.fast is None:
     static.fast = _is_unchanged(flat, static)
   if static.fast:
-    n = len(flat.handles)
     set_value = object.__setattr__  # Variable.__setattr__ checks are for users' writes
-    for handle, value in zip(flat.handles, leaves, strict=False):
-      set_value(handle, '_raw_value', value)
+    handles, changed = flat.handles, static.changed
+    if changed is None:
+      n = len(handles)
+      for handle, value in zip(handles, leaves, strict=False):
+        set_value(handle, '_raw_value', value)
+    else:
+      n = len(changed)
+      for i, value in zip(changed, leaves, strict=False):
+        set_value(handles[i], '_raw_value', value)
     out_def = static.graphdef.root.children[1][1]
     if type(out_def) is StaticDef:
       return out_def.value.value

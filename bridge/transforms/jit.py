@@ -47,6 +47,7 @@ class _CallStatic(tp.NamedTuple):
   static_args: tuple  # ((position, value), ...)
   static_kwargs: tuple  # ((name, value), ...)
   n_args: int
+  donate: tuple = ()  # donated positions of ``_pure``'s arguments (see ``_donation``)
 
 
 class Jitted:
@@ -81,7 +82,10 @@ class Jitted:
     out = self.fun(*args, **kwargs)
     if self.out_shardings is not None:
       out = _constrain(out, self.out_shardings)
-    out_static, leaves = flatten_outside(roots, out, origin)
+    # Unchanged leaves need not come back, unless donated (their buffers are gone then).
+    keep_all = any(3 <= i < 3 + static.n_roots for i in static.donate)
+    out_static, leaves = flatten_outside(roots, out, origin,
+                                         None if keep_all else node_leaves, static.graphdef)
     return leaves, Box(out_static)
 
   def _jax_jit(self, static: _CallStatic, donate: tuple, shardings_key):
@@ -114,7 +118,8 @@ class Jitted:
     call_key = (static_args, static_kwargs, len(args), donate, shardings)
     jitted = flat.calls.get(call_key)  # per walk: no GraphDef hashing on a steady call
     if jitted is None:
-      static = _CallStatic(flat.graphdef, len(nodes), static_args, static_kwargs, len(args))
+      static = _CallStatic(flat.graphdef, len(nodes), static_args, static_kwargs, len(args),
+                           donate)
       jitted = flat.calls[call_key] = self._jax_jit(static, donate, shardings)
     leaves, box = jitted(dyn_kwargs, donated_kwargs, *flat.leaf_groups(), *dyn_args)
     return write_back(flat, box.value, leaves)
