@@ -39,8 +39,7 @@ def _bytes(n: int) -> str:
 def variable_repr(v, *, compact_arrays: bool = False) -> str:
   value = v._raw_value
   shown = _array_summary(value) if compact_arrays else repr(value)
-  lines = [f'value={_indent(shown)}']
-  lines += [f'{k}={_indent(repr(m))}' for k, m in v._metadata.items()]
+  lines = [f'value={shown}', *(f'{k}={m!r}' for k, m in v._metadata.items())]
   body = ',\n'.join(lines)
   return f'{type(v).__name__}({_size_comment(value)}\n  {_indent(body)}\n)'
 

@@ -332,8 +332,6 @@ def test_repr_layout():
   assert repr(nnx.State({})) == 'State({})'
 
 
-@pytest.mark.xfail(strict=True, reason='bridge/_repr.py variable_repr indents a multi-line '
-                   'value twice (flax indents it once)')
 def test_repr_of_multiline_array_matches_flax():
   ours = nnx.State({'k': nnx.Param(jnp.arange(6.0).reshape(2, 3))})
   theirs = fnx.State({'k': fnx.Param(jnp.arange(6.0).reshape(2, 3))})
