@@ -20,6 +20,8 @@ class Progress:
 
   def update(self, n: int = 1, **metrics) -> None:
     self.done += n
+    if self.done < self.total and not self.stream.isatty():
+      return  # into a file or a pipe: only the final state, not every redraw
     filled = int(self.width * self.done / max(self.total, 1))
     shown = ' '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
                      for k, v in metrics.items())
