@@ -49,7 +49,7 @@ def make_data(n: int, seed: int):
   """Three noisy Gaussian blobs in 8 dimensions."""
   k1, k2 = jax.random.split(jax.random.key(seed))
   labels = jax.random.randint(k1, (n,), 0, 3)
-  centers = jax.random.normal(jax.random.key(99), (3, 8)) * 2.0
+  centers = jax.random.normal(jax.random.key(99), (3, 8)) * 1.0
   return centers[labels] + jax.random.normal(k2, (n, 8)), labels
 
 
