@@ -152,7 +152,7 @@ def test_perturb():
     return jnp.sum(model(x) ** 2)
 
   grads = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Perturbation))(m)
-  np.testing.assert_allclose(grads['p'].value, 8 * x)
+  np.testing.assert_array_equal(grads["p"].value, 8 * x)
 
   def leaky_loss(p_value):  # writes a tracer into a Variable closed over: refused
     m.p.value = p_value
