@@ -436,10 +436,5 @@ def iter_graph(node) -> tp.Iterator[tuple[PathParts, tp.Any]]:
   yield from walk(node, ())
 
 
-def is_graph_node(x) -> bool:
-  """Whether ``x`` is an Object (a node with identity and attributes)."""
-  return isinstance(x, Object)
-
-
 __all__ = ['GraphDef', 'split', 'merge', 'state', 'graphdef', 'update', 'clone', 'pop',
            'iter_graph', 'flatten', 'unflatten', 'FlatState']

@@ -232,7 +232,7 @@ class ToLinen(nn.Module):
 
   def _rng_leaf(self, var_type, tag):
     """The state of a stream the constructor does not make (one created by a call)."""
-    if var_type is RngCount or issubclass(var_type, RngCount):
+    if issubclass(var_type, RngCount):
       return jnp.zeros((), jnp.uint32)
     return self._linen_key(tag) if issubclass(var_type, RngKey) else jax.random.key(0)
 

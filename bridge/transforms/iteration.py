@@ -70,11 +70,23 @@ class StateAxes:
     return f'StateAxes({self.filter_axes!r})'
 
 
-def _leaf_axes(flat: Flat, dyn_args: list, specs: tuple) -> tuple[list, list]:
-  """The axis of every graph leaf (from its argument's spec) and of every other argument."""
+class _Mapped(tp.NamedTuple):
+  """The arguments of a ``vmap``/``scan`` call, split at the boundary, with their axes."""
+  dyn_args: list  # the arguments, graph nodes replaced by NodeSlots
+  flat: Flat
+  leaves: list  # the graph leaves' values
+  leaf_axes: list  # the axis (or Carry/None) of every graph leaf
+  arg_specs: list  # the axis of every other argument (None for graph nodes)
+  root_spec: dict  # the spec of every graph argument, by root index
+
+
+def _map_args(args: tuple, in_axes) -> _Mapped:
+  """Splits ``args`` and gives each graph leaf the axis of its argument's spec (the first
+  spec if a Module is passed twice)."""
+  dyn_args, flat, leaves = split_args(args)
   root_spec: dict[int, tp.Any] = {}
   arg_specs = []
-  for slot, spec in zip(dyn_args, specs, strict=True):
+  for slot, spec in zip(dyn_args, _specs(in_axes, len(args)), strict=True):
     if isinstance(slot, NodeSlot):
       root_spec.setdefault(slot.index, spec)
       arg_specs.append(None)
@@ -86,7 +98,7 @@ def _leaf_axes(flat: Flat, dyn_args: list, specs: tuple) -> tuple[list, list]:
   for path, handle in zip(flat.paths, flat.handles, strict=True):
     spec = root_spec.get(path[0])
     leaf_axes.append(spec.axis(path[1:], handle) if isinstance(spec, StateAxes) else spec)
-  return leaf_axes, arg_specs
+  return _Mapped(dyn_args, flat, leaves, leaf_axes, arg_specs, root_spec)
 
 
 def _specs(axes, n: int) -> tuple:
@@ -144,11 +156,7 @@ def vmap(f=None, *, in_axes=0, out_axes=0, axis_name=None, axis_size=None,
 
   @functools.wraps(f)
   def wrapper(*args):
-    dyn_args, flat, leaves = split_args(args)
-    specs = _specs(in_axes, len(args))
-    leaf_axes, arg_specs = _leaf_axes(flat, dyn_args, specs)
-    root_spec = {s.index: spec for s, spec in zip(dyn_args, specs, strict=True)
-                 if isinstance(s, NodeSlot)}
+    dyn_args, flat, leaves, leaf_axes, arg_specs, root_spec = _map_args(args, in_axes)
 
     index_of = {id(n): i for i, n in enumerate(flat.nodes)}
     axis_by_index = {index_of[id(h)]: a for h, a in zip(flat.handles, leaf_axes, strict=True)
@@ -210,9 +218,7 @@ def scan(f=None, *, length=None, reverse: bool = False, unroll: int | bool = 1,
 
   @functools.wraps(f)
   def wrapper(*args):
-    dyn_args, flat, leaves = split_args(args)
-    specs = _specs(in_axes, len(args))
-    leaf_axes, arg_specs = _leaf_axes(flat, dyn_args, specs)
+    dyn_args, flat, leaves, leaf_axes, arg_specs, _ = _map_args(args, in_axes)
     carry_leaves = [x for x, a in zip(leaves, leaf_axes, strict=True) if a is Carry]
     scan_leaves = [jnp.moveaxis(x, a, 0) for x, a in zip(leaves, leaf_axes, strict=True)
                    if isinstance(a, int)]
