@@ -802,3 +802,12 @@ def test_donated_module_gets_every_value_back_even_unwritten_ones():
   f(m)
   np.testing.assert_array_equal(m.untouched.value, jnp.ones(3))  # not a deleted buffer
   np.testing.assert_array_equal(m.touched.value, jnp.full(3, 2.0))
+
+
+def test_a_re_walk_replaces_the_outdated_walk_of_the_same_arguments():
+  m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  f = nnx.jit(lambda m, x: m(x))
+  for i in range(3):
+    m.tag = i  # a structural change: the next call walks the graph again
+    f(m, jnp.ones((1, 2)))
+  assert len(f.cache.entries) == 1  # not one stale walk (holding m) per change

@@ -147,9 +147,7 @@ class Flat:
     self.calls: dict = {}  # the transform's compiled callables for this walk
 
   def still_valid(self, roots: tuple) -> bool:
-    if len(roots) != len(self.roots):
-      return False
-    if any(a is not b for a, b in zip(roots, self.roots, strict=True)):
+    if not _same_objects(roots, self.roots):
       return False
     if self.epoch != structure_epoch():
       return False
@@ -186,9 +184,14 @@ class FlatCache:
     for flat in self.entries:
       if flat.still_valid(roots):
         return flat
-    flat = Flat(roots)
-    self.entries = [flat, *(e for e in self.entries if e.roots is not roots)][:self.size]
+    flat = Flat(roots)  # replaces an outdated walk of the same objects, if any
+    self.entries = [flat, *(e for e in self.entries if not _same_objects(e.roots, roots))]
+    del self.entries[self.size:]
     return flat
+
+
+def _same_objects(a: tuple, b: tuple) -> bool:
+  return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 # -- inside the trace ---------------------------------------------------------------------
