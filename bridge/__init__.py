@@ -25,6 +25,7 @@ from bridge.graph import (
   update,
 )
 from bridge.graph import state as _graph_state
+from bridge.graph_mode import set_graph_mode, set_graph_updates
 from bridge.interop.metadata import (
   PARTITION_NAME,
   NNXMeta,
