@@ -10,7 +10,7 @@
 (1, 3)
 """
 
-from bridge import filters, graph, object, variables
+from bridge import filters, graph, metrics, object, variables
 from bridge.filters import All, Any, Everything, Not, Nothing, OfType, PathContains, PathIn, WithTag
 from bridge.graph import (
   GraphDef,
@@ -35,6 +35,7 @@ from bridge.interop.metadata import (
 )
 from bridge.interop.to_linen import ToLinen, to_linen
 from bridge.interop.to_nnx import ToNNX, lazy_init
+from bridge.metrics import Metric, MultiMetric
 from bridge.module import Dict, List, Module, Sequential, iter_children, iter_modules
 from bridge.nn import initializers
 from bridge.nn.activations import (
