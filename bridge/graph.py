@@ -33,7 +33,8 @@ from bridge.object import Object, bump_structure_epoch
 from bridge.state import FlatState, State, _partition, merge_state
 from bridge.variables import Variable, _unflatten
 
-PathParts = tuple[tp.Hashable, ...]
+Key = tp.Hashable  # one step of a path: an attribute name, a dict key or a list index
+PathParts = tuple[Key, ...]
 
 
 # -- definitions: the static structure ----------------------------------------------------
