@@ -79,6 +79,7 @@ from bridge.nn.embed import Embed
 from bridge.nn.linear import Einsum, Linear, LinearGeneral
 from bridge.nn.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 from bridge.nn.stochastic import Dropout
+from bridge.nn.pooling import avg_pool, max_pool, min_pool, pool
 from bridge.object import Object
 from bridge.optimizer import OptArray, Optimizer, OptState, OptVariable
 from bridge.rngs import (
