@@ -10,7 +10,20 @@
 (1, 3)
 """
 
-from bridge import filters, graph, metrics, object, variables
+import sys as _sys
+
+from bridge import (
+  _repr,
+  filters,
+  graph,
+  graphlib,
+  metrics,
+  object,
+  rngs,
+  traversals,
+  variables,
+)
+from bridge._callable_module import make_callable as _make_callable
 from bridge.filters import All, Any, Everything, Not, Nothing, OfType, PathContains, PathIn, WithTag
 from bridge.graph import (
   GraphDef,
@@ -25,6 +38,7 @@ from bridge.graph import (
   update,
 )
 from bridge.graph import state as _graph_state
+from bridge.graph_map import map, recursive_map, set_metadata
 from bridge.graph_mode import set_graph_mode, set_graph_updates
 from bridge.interop.metadata import (
   PARTITION_NAME,
@@ -135,4 +149,17 @@ from bridge.variables import (
 # ``bridge.state`` is the function, as ``nnx.state`` is; the module is ``bridge.state`` in
 # sys.modules, so ``from bridge.state import State`` still works.
 state = _graph_state
+
+# ``nnx.variables(model)`` is ``nnx.state(model)`` (the Variables themselves); the module
+# ``bridge.variables`` stays importable, so it is made callable rather than replaced.
+_make_callable(variables, _graph_state)
+
+# flax.nnx's module names, as attributes and as importable modules (``import bridge.statelib``).
+filterlib = filters
+statelib = _sys.modules['bridge.state']
+variablelib = variables
+rnglib = rngs
+reprlib = _repr
+for _name in ('filterlib', 'statelib', 'variablelib', 'rnglib', 'reprlib'):
+  _sys.modules[f'bridge.{_name}'] = globals()[_name]
 Pytree = Object

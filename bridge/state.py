@@ -277,9 +277,19 @@ def to_flat_state(state: State) -> FlatState:
   return _as_state(state).flat_state()
 
 
-def from_flat_state(flat: tp.Iterable[tuple[PathParts, tp.Any]]) -> State:
-  """A nested State from ``(path, leaf)`` pairs."""
-  return State.from_flat_path(flat)
+def from_flat_state(flat_state: Mapping[PathParts, tp.Any] | tp.Iterable[tuple[PathParts, tp.Any]],
+                    *, cls: type[State] = State) -> State:
+  """A nested State (of type ``cls``) from a ``{path: leaf}`` mapping or ``(path, leaf)``
+  pairs (a FlatState).
+
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> s = nnx.from_flat_state({('linear', 'bias'): nnx.Param(jnp.zeros(2))})
+  >>> s.linear.bias.shape
+  (2,)
+  """
+  items = flat_state.items() if isinstance(flat_state, Mapping) else flat_state
+  return cls.from_flat_path(items)
 
 
 def merge_state(state, /, *states) -> State:
