@@ -1,0 +1,20 @@
+"""``assert_same_signature``: a bridge callable takes the same arguments as flax's (names,
+kinds, order) with the same defaults (callables and classes compared by name, since bridge
+has its own)."""
+
+import inspect
+
+
+def _same_default(ours, theirs) -> bool:
+  if callable(theirs):
+    return getattr(ours, '__name__', None) == getattr(theirs, '__name__', None)
+  return ours == theirs
+
+
+def assert_same_signature(ours, theirs):
+  a = inspect.signature(ours).parameters
+  b = inspect.signature(theirs).parameters
+  assert list(a) == list(b), (ours, list(a), list(b))
+  for name, p in b.items():
+    assert a[name].kind == p.kind, (ours, name)
+    assert _same_default(a[name].default, p.default), (ours, name, a[name].default, p.default)
