@@ -14,7 +14,6 @@ import sys as _sys
 
 from bridge import (
   _repr,
-  bridge,
   filters,
   graph,
   graphlib,
@@ -39,7 +38,6 @@ from bridge.graph import (
   update,
 )
 from bridge.graph import state as _graph_state
-from bridge.graph_call import call
 from bridge.graph_map import map, recursive_map, set_metadata
 from bridge.graph_mode import set_graph_mode, set_graph_updates
 from bridge.interop.metadata import (
@@ -98,19 +96,6 @@ from bridge.nn.stochastic import Dropout
 from bridge.nn.lora import LoRA, LoRALinear, LoRAParam
 from bridge.nn.pooling import avg_pool, max_pool, min_pool, pool
 from bridge.object import Object
-from bridge import pytreelib
-from bridge.pytreelib import (
-  Data,
-  Static,
-  check_pytree,
-  data,
-  dataclass,
-  find_duplicates,
-  has_data,
-  is_data,
-  register_data_type,
-  static,
-)
 from bridge.optimizer import OptArray, Optimizer, OptState, OptVariable
 from bridge.rngs import (
   RngCount,
