@@ -7,6 +7,7 @@ and eval modes, the first layer where sown intermediates diverge); see
 
 from bridge.migrate.checkpoint import restore_checkpoint, save_checkpoint
 from bridge.migrate.errors import VariableMatchError
+from bridge.migrate.integrity import ChecksumError
 from bridge.migrate.linen_checkpoint import restore_linen_checkpoint
 from bridge.migrate.linen_variables import (
   linen_to_state,
