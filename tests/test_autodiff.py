@@ -227,16 +227,112 @@ def test_diffstate_lora_subset_nested():
     ('a',), ('b',), ('base', 'bias'), ('base', 'kernel')]
 
 
-def test_diffstate_on_non_module_is_an_error():
-  with pytest.raises(ValueError, match='not a Module'):
-    nnx.grad(lambda a, x: jnp.sum(x), argnums=nnx.DiffState(1, nnx.BatchStat))(
-      nnx.Linear(2, 2, rngs=nnx.Rngs(0)), jnp.ones(2))
+def test_diffstate_filter_on_a_plain_argument_is_ignored_as_in_flax():
+  f = lambda a, x: jnp.sum(a(x) * x)  # noqa: E731
+  x = jnp.ones((1, 2))
+  got = nnx.grad(f, argnums=nnx.DiffState(1, nnx.BatchStat))(
+    nnx.Linear(2, 2, rngs=nnx.Rngs(0)), x)
+  expected = fnnx.grad(f, argnums=fnnx.DiffState(1, fnnx.BatchStat))(
+    fnnx.Linear(2, 2, rngs=fnnx.Rngs(0)), x)
+  np.testing.assert_array_equal(got, expected)
 
 
-def test_argnum_out_of_range_is_an_error():
-  with pytest.raises(ValueError, match='out of range'):
+def test_argnum_out_of_range_is_a_type_error_as_in_jax():
+  with pytest.raises(TypeError, match='argnums=3 needs at least 4 positional arguments'):
     nnx.grad(lambda m: m(jnp.ones((1, 2))).sum(), argnums=3)(nnx.Linear(2, 2,
                                                                          rngs=nnx.Rngs(0)))
+
+
+def test_repeated_argnum_is_an_error():
+  with pytest.raises(ValueError, match='repeated'):
+    nnx.grad(lambda m: m(jnp.ones((1, 2))).sum(), argnums=(0, nnx.DiffState(0, ...)))(
+      nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+  with pytest.raises(ValueError, match='repeated'):
+    fnnx.grad(lambda m: m(jnp.ones((1, 2))).sum(), argnums=(0, fnnx.DiffState(0, ...)))(
+      fnnx.Linear(2, 2, rngs=fnnx.Rngs(0)))
+
+
+# -- Modules inside argument pytrees -------------------------------------------------------
+def test_grad_over_a_tuple_holding_a_module_gives_state_and_array_grads():
+  x, y = x34(), y42()
+  loss = lambda p: linear_loss(p[0], p[1], y)  # noqa: E731
+  g_model, g_x = nnx.grad(loss)((nnx.Linear(3, 2, rngs=nnx.Rngs(0)), x))
+  e_model, e_x = fnnx.grad(loss)((fnnx.Linear(3, 2, rngs=fnnx.Rngs(0)), x))
+  assert isinstance(g_model, nnx.State) and sorted(g_model.keys()) == ['bias', 'kernel']
+  np.testing.assert_array_equal(g_model['kernel'].value, e_model['kernel'].value)
+  np.testing.assert_array_equal(g_model['bias'].value, e_model['bias'].value)
+  np.testing.assert_array_equal(g_x, e_x)
+
+
+def test_value_and_grad_over_a_dict_holding_a_module_with_aux():
+  x, y = x34(), y42()
+  def loss(p):
+    return linear_loss(p['m'], p['x'], y), p['m'](p['x'])
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  (value, aux), grads = nnx.value_and_grad(loss, has_aux=True)({'m': model, 'x': x})
+  (e_value, e_aux), e_grads = fnnx.value_and_grad(loss, has_aux=True)(
+    {'m': fnnx.Linear(3, 2, rngs=fnnx.Rngs(0)), 'x': x})
+  np.testing.assert_array_equal(value, e_value)
+  np.testing.assert_array_equal(aux, e_aux)
+  assert set(grads) == {'m', 'x'} and isinstance(grads['m'], nnx.State)
+  np.testing.assert_array_equal(grads['m']['kernel'].value, e_grads['m']['kernel'].value)
+  np.testing.assert_array_equal(grads['x'], e_grads['x'])
+
+
+def test_a_module_twice_in_one_pytree_gets_its_gradient_once_as_in_flax():
+  x = x34()
+  loss = lambda p: (p[0](x) + 2 * p[1](x)).sum()  # noqa: E731
+  m = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  f = fnnx.Linear(3, 2, rngs=fnnx.Rngs(0))
+  first, second = nnx.grad(loss)((m, m))
+  e_first, e_second = fnnx.grad(loss)((f, f))
+  np.testing.assert_array_equal(first['kernel'].value, e_first['kernel'].value)
+  assert len(second) == 0 and len(e_second) == 0
+
+
+def test_diffstate_everything_includes_plain_array_attributes():
+  def make(lib):
+    class M(lib.Module):
+      def __init__(self):
+        self.w = jnp.arange(2.0)
+        self.p = lib.Param(jnp.ones(2))
+        self.s = lib.BatchStat(jnp.full(2, 3.0))
+    return M()
+  loss = lambda m: (m.w * m.p * m.s).sum()  # noqa: E731
+  everything = nnx.grad(loss, argnums=nnx.DiffState(0, ...))(make(nnx))
+  e_everything = fnnx.grad(loss, argnums=fnnx.DiffState(0, ...))(make(fnnx))
+  assert sorted(everything.keys()) == sorted(e_everything.keys()) == ['p', 's', 'w']
+  assert isinstance(everything['w'], jax.Array)
+  for k in ('p', 's'):
+    np.testing.assert_array_equal(everything[k].value, e_everything[k].value)
+  np.testing.assert_array_equal(everything['w'], e_everything['w'])
+  default = nnx.grad(loss)(make(nnx))
+  assert sorted(default.keys()) == sorted(fnnx.grad(loss)(make(fnnx)).keys()) == ['p']
+
+
+@pytest.mark.parametrize('mode', [dict(graph=False), dict(graph_updates=False)])
+def test_tree_mode_gradient_is_a_module_of_every_array_as_in_flax(mode):
+  x, y = x34(), y42()
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  g = nnx.grad(linear_loss, **mode)(model, x, y)
+  e = fnnx.grad(linear_loss, **mode)(fnnx.Linear(3, 2, rngs=fnnx.Rngs(0)), x, y)
+  assert type(g) is nnx.Linear and g is not model
+  assert type(g.kernel) is nnx.Param
+  np.testing.assert_array_equal(g.kernel.value, e.kernel.value)
+  np.testing.assert_array_equal(g.bias.value, e.bias.value)
+  with pytest.raises(ValueError, match='DiffState'):
+    nnx.grad(linear_loss, argnums=nnx.DiffState(0, ...), **mode)
+  with pytest.raises(ValueError, match='DiffState'):
+    fnnx.grad(linear_loss, argnums=fnnx.DiffState(0, ...), **mode)
+
+
+def test_grad_signature_matches_flax():
+  import inspect
+  for name in ('grad', 'value_and_grad'):
+    ours = inspect.signature(getattr(nnx, name)).parameters
+    theirs = inspect.signature(getattr(fnnx, name)).parameters
+    assert list(ours) == list(theirs)
+    assert all(ours[k].default == theirs[k].default for k in list(ours)[1:])
 
 
 # -- side effects ------------------------------------------------------------------------

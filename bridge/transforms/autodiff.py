@@ -21,6 +21,7 @@ import typing as tp
 import jax
 
 from bridge import filters as filterlib
+from bridge.graph_mode import resolve
 from bridge.state import State
 from bridge.transforms._boundary import (
   Box,
@@ -46,13 +47,54 @@ def _is_single(argnums) -> bool:
   return isinstance(argnums, DiffState) or not isinstance(argnums, (tuple, list))
 
 
-def _diff_specs(argnums) -> list[DiffState]:
+def _diff_specs(argnums, default_filter) -> list[DiffState]:
   specs = (argnums,) if _is_single(argnums) else argnums
-  return [s if isinstance(s, DiffState) else DiffState(s, Param) for s in specs]
+  return [s if isinstance(s, DiffState) else DiffState(s, default_filter) for s in specs]
 
 
-def _transform(f, argnums, has_aux, holomorphic, allow_int, return_value: bool):
-  specs = _diff_specs(argnums)
+def _is_slot(x) -> bool:
+  return isinstance(x, NodeSlot)
+
+
+class _DiffArg(tp.NamedTuple):
+  """One differentiated argument: its pytree cut at the graph nodes (``treedef``), and
+  for each cut leaf either the graph-leaf indices it stands for (a node) or ``None``."""
+  argnum: int
+  treedef: tp.Any
+  parts: list  # per cut leaf: list of graph-leaf indices (a node) or None (a value)
+  values: list  # per cut leaf: the NodeSlot or the plain value
+
+
+def _diff_args(specs, dyn_args, flat: Flat) -> list[_DiffArg]:
+  """Splits each differentiated argument; a graph leaf goes to the first spec (and first
+  occurrence of its node) whose filter it matches."""
+  if len({s.argnum for s in specs}) != len(specs):
+    raise ValueError(f'grad: an argnum is repeated in argnums={[s.argnum for s in specs]}.')
+  taken: set[int] = set()
+  out = []
+  for spec in specs:
+    if not -len(dyn_args) <= spec.argnum < len(dyn_args):
+      raise TypeError(f'grad: differentiating with respect to argnums={spec.argnum} needs at '
+                      f'least {spec.argnum + 1} positional arguments, got {len(dyn_args)}.')
+    values, treedef = jax.tree_util.tree_flatten(dyn_args[spec.argnum], is_leaf=_is_slot)
+    predicate = filterlib.to_predicate(spec.filter)
+    parts = []
+    for v in values:
+      if not isinstance(v, NodeSlot):
+        parts.append(None)
+        continue
+      chosen = [i for i, (path, h) in enumerate(zip(flat.paths, flat.handles, strict=True))
+                if path[0] == v.index and i not in taken
+                and predicate(path[1:], h if isinstance(h, Variable) else h._raw_value)]
+      taken.update(chosen)
+      parts.append(chosen)
+    out.append(_DiffArg(spec.argnum % len(dyn_args), treedef, parts, values))
+  return out
+
+
+def _transform(f, argnums, has_aux, holomorphic, allow_int, return_value: bool,
+               as_state: bool):
+  specs = _diff_specs(argnums, Param if as_state else ...)
   single = _is_single(argnums)
 
   @functools.wraps(f)
@@ -61,44 +103,35 @@ def _transform(f, argnums, has_aux, holomorphic, allow_int, return_value: bool):
     dyn_args = extract(args, nodes)
     dyn_kwargs = dict(zip(kwargs, extract(list(kwargs.values()), nodes), strict=True))
     flat = Flat(tuple(nodes))
-    leaves = [leaf for group in flat.leaf_groups() for leaf in group]
-    paths = flat.paths
-    # Which leaves each spec differentiates (graph arguments) or which argument (others).
-    diff_masks, plain_argnums = [], []
-    for spec in specs:
-      if spec.argnum >= len(args):
-        raise ValueError(f'grad: argnum {spec.argnum} is out of range for {len(args)} '
-                         'positional arguments.')
-      slot = dyn_args[spec.argnum]
-      if isinstance(slot, NodeSlot):
-        predicate = filterlib.to_predicate(spec.filter)
-        diff_masks.append([path[0] == slot.index and isinstance(h, Variable)
-                           and predicate(path[1:], h)
-                           for path, h in zip(paths, flat.handles, strict=True)])
-      else:
-        if not isinstance(spec.filter, type) or spec.filter is not Param:
-          raise ValueError(f'grad: DiffState filter given for argument {spec.argnum}, '
-                           'which is not a Module.')
-        diff_masks.append(None)
-        plain_argnums.append(spec.argnum)
-    masks = [m for m in diff_masks if m is not None]
-    owner = [next((k for k, m in enumerate(masks) if m[i]), None) for i in range(len(leaves))]
-    rest = [x for x, o in zip(leaves, owner, strict=True) if o is None]
-    diff_inputs = [[x for x, m in zip(leaves, mask, strict=True) if m] if mask is not None
-                   else dyn_args[spec.argnum] for spec, mask in zip(specs, diff_masks,
-                                                                       strict=True)]
+    leaves = [h._raw_value for h in flat.handles]
+    diffs = _diff_args(specs, dyn_args, flat)
+    is_diff = [False] * len(leaves)
+    for d in diffs:
+      for part in d.parts:
+        for i in part or ():
+          is_diff[i] = True
+    rest = [x for x, diff in zip(leaves, is_diff, strict=True) if not diff]
+    diff_inputs = [d.treedef.unflatten([v if part is None else [leaves[i] for i in part]
+                                        for part, v in zip(d.parts, d.values, strict=True)])
+                   for d in diffs]
 
     def pure(diff_inputs, rest):
       it_rest = iter(rest)
-      its = [iter(d) for d, m in zip(diff_inputs, diff_masks, strict=True) if m is not None]
-      full = [next(it_rest) if o is None else next(its[o]) for o in owner]
-      roots, origin = build_inside(flat.graphdef, full)
+      full = [None if diff else next(it_rest) for diff in is_diff]
       call_args = list(dyn_args)
-      for spec, value, mask in zip(specs, diff_inputs, diff_masks, strict=True):
-        if mask is None:
-          call_args[spec.argnum] = value
-      call_args = insert(call_args, roots)
-      out = f(*call_args, **insert(dyn_kwargs, roots))
+      for d, inputs in zip(diffs, diff_inputs, strict=True):
+        values = []
+        for part, v, cut in zip(d.parts, d.values, d.treedef.flatten_up_to(inputs),
+                                strict=True):
+          if part is None:
+            values.append(cut)
+          else:
+            for i, x in zip(part, cut, strict=True):
+              full[i] = x
+            values.append(v)
+        call_args[d.argnum] = d.treedef.unflatten(values)
+      roots, origin = build_inside(flat.graphdef, full)
+      out = f(*insert(call_args, roots), **insert(dyn_kwargs, roots))
       value, aux = out if has_aux else (out, None)
       out_static, out_leaves = flatten_outside(roots, aux, origin)
       return value, (out_leaves, Box(out_static))
@@ -107,8 +140,7 @@ def _transform(f, argnums, has_aux, holomorphic, allow_int, return_value: bool):
       pure, argnums=0, has_aux=True, holomorphic=holomorphic, allow_int=allow_int)(
         diff_inputs, rest)
     aux = write_back(flat, box.value, out_leaves)
-    grads = [g if mask is None else _grad_state(g, mask, paths, flat.handles)
-             for g, mask in zip(grads, diff_masks, strict=True)]
+    grads = [_node_grads(d, g, flat, as_state) for d, g in zip(diffs, grads, strict=True)]
     grads = grads[0] if single else tuple(grads)
     if return_value:
       return ((value, aux) if has_aux else value), grads
@@ -117,27 +149,88 @@ def _transform(f, argnums, has_aux, holomorphic, allow_int, return_value: bool):
   return wrapper
 
 
-def _grad_state(grads: list, mask: list, paths, handles) -> State:
-  chosen = [(path[1:], h) for path, h, m in zip(paths, handles, mask, strict=True) if m]
-  return State.from_flat_path((path, h.replace(g)) for (path, h), g in
-                              zip(chosen, grads, strict=True))
+def _node_grads(d: _DiffArg, grads, flat: Flat, as_state: bool):
+  """The gradient of one argument, each graph node's part as a State of its leaves or
+  (``as_state=False``) as a node of the same structure holding the gradients."""
+  values = []
+  for part, v, cut in zip(d.parts, d.values, d.treedef.flatten_up_to(grads), strict=True):
+    if part is None:
+      values.append(cut)
+    elif as_state:
+      values.append(State.from_flat_path(
+        (flat.paths[i][1:], h.replace(g) if isinstance(h := flat.handles[i], Variable) else g)
+        for i, g in zip(part, cut, strict=True)))
+    else:
+      full = [h._raw_value for h in flat.handles]
+      for i, g in zip(part, cut, strict=True):
+        full[i] = g
+      values.append(build_inside(flat.graphdef, full)[0][v.index])
+  return d.treedef.unflatten(values)
+
+
+def _check_reduce_axes(reduce_axes, name):
+  if reduce_axes:
+    raise NotImplementedError(f'reduce_axes argument to {name} is deprecated')
 
 
 def grad(f=None, *, argnums=0, has_aux: bool = False, holomorphic: bool = False,
-         allow_int: bool = False):
+         allow_int: bool = False, reduce_axes=(), graph: bool | None = None,
+         graph_updates: bool | None = None):
   """``jax.grad`` for functions of Modules: a Module argument's gradient is a State of its
-  ``Param``\\ s (or of the Variables a ``DiffState`` filter picks)."""
+  ``Param``\\ s (or of the Variables and arrays a ``DiffState`` filter picks); Modules may
+  sit anywhere inside the arguments' pytrees.
+
+  With ``graph=False`` or ``graph_updates=False`` (tree mode) every array of a Module
+  argument is differentiated and its gradient is a Module of the same structure, as in
+  flax.nnx; ``DiffState`` is then an error.
+
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+  >>> g_model, g_x = nnx.grad(lambda p: p[0](p[1]).sum())((model, jnp.ones((1, 2))))
+  >>> g_model['bias'].value.tolist(), g_x.shape
+  ([1.0], (1, 2))
+  >>> type(nnx.grad(lambda m: m(jnp.ones((1, 2))).sum(), graph=False)(model)).__name__
+  'Linear'
+  """
+  _check_reduce_axes(reduce_axes, 'grad')
   if f is None:
     return functools.partial(grad, argnums=argnums, has_aux=has_aux, holomorphic=holomorphic,
-                             allow_int=allow_int)
-  return _transform(f, argnums, has_aux, holomorphic, allow_int, return_value=False)
+                             allow_int=allow_int, graph=graph, graph_updates=graph_updates)
+  return _transform(f, argnums, has_aux, holomorphic, allow_int, return_value=False,
+                    as_state=_as_state(argnums, graph, graph_updates, 'grad'))
 
 
 def value_and_grad(f=None, *, argnums=0, has_aux: bool = False, holomorphic: bool = False,
-                   allow_int: bool = False):
+                   allow_int: bool = False, reduce_axes=(), graph: bool | None = None,
+                   graph_updates: bool | None = None):
   """Like :func:`grad`, returning ``(value, grads)`` (``((value, aux), grads)`` with
-  ``has_aux``)."""
+  ``has_aux``).
+
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+  >>> loss, grads = nnx.value_and_grad(lambda m: (m(jnp.ones((1, 2))) * 0).sum())(model)
+  >>> float(loss), sorted(grads.keys())
+  (0.0, ['bias', 'kernel'])
+  """
+  _check_reduce_axes(reduce_axes, 'value_and_grad')
   if f is None:
     return functools.partial(value_and_grad, argnums=argnums, has_aux=has_aux,
-                             holomorphic=holomorphic, allow_int=allow_int)
-  return _transform(f, argnums, has_aux, holomorphic, allow_int, return_value=True)
+                             holomorphic=holomorphic, allow_int=allow_int, graph=graph,
+                             graph_updates=graph_updates)
+  return _transform(f, argnums, has_aux, holomorphic, allow_int, return_value=True,
+                    as_state=_as_state(argnums, graph, graph_updates, 'value_and_grad'))
+
+
+def _as_state(argnums, graph, graph_updates, name: str) -> bool:
+  """Whether gradients of graph nodes are States (graph mode with updates) or nodes of
+  the same structure (tree mode, where ``DiffState`` is an error as in flax.nnx)."""
+  if all(resolve(graph, graph_updates)):
+    return True
+  specs = (argnums,) if _is_single(argnums) else argnums
+  if any(isinstance(s, DiffState) for s in specs):
+    raise ValueError(f'{name}: `argnums` cannot contain `DiffState` objects when '
+                     '`graph=False` or `graph_updates=False`; remove them, or pass '
+                     'graph=True and graph_updates=True.')
+  return False
