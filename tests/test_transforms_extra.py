@@ -1,0 +1,117 @@
+"""The less common transforms side by side with flax.nnx 0.12.8: vjp, jvp, checkify,
+cached_partial, jit_partial, with_rngs, pmap, make_jaxpr, transform_metadata."""
+
+import inspect
+
+import flax.nnx as fnnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bridge as nnx
+
+
+class Counted:
+  """A Linear that counts its calls in a BatchStat (an effect to write back)."""
+
+  @staticmethod
+  def make(lib):
+    class CountedLinear(lib.Module):
+      def __init__(self, rngs):
+        self.linear = lib.Linear(3, 2, rngs=rngs)
+        self.calls = lib.BatchStat(jnp.zeros(()))
+
+      def __call__(self, x):
+        self.calls.value += 1.0
+        return self.linear(x)
+    return CountedLinear(lib.Rngs(0))
+
+
+def loss(m, x):
+  return jnp.sum(jnp.tanh(m(x)) ** 2)
+
+
+def x23():
+  return jnp.arange(6.0).reshape(2, 3) / 5.0 - 0.4
+
+
+def assert_same_signature(name):
+  ours = inspect.signature(getattr(nnx, name)).parameters
+  theirs = inspect.signature(getattr(fnnx, name)).parameters
+  assert list(ours) == list(theirs), name
+  for k in list(ours)[1:]:
+    if theirs[k].kind is not inspect.Parameter.VAR_POSITIONAL:
+      assert ours[k].default == theirs[k].default or k in ('primals', 'tangents'), (name, k)
+
+
+# -- vjp / jvp -----------------------------------------------------------------------------
+@pytest.mark.parametrize('mode', [dict(graph=False), dict(graph_updates=False)])
+def test_vjp_matches_flax_and_writes_effects_back(mode):
+  m, fm = Counted.make(nnx), Counted.make(fnnx)
+  out, vjp_fn = nnx.vjp(loss, m, x23(), **mode)
+  e_out, e_vjp_fn = fnnx.vjp(loss, fm, x23(), **mode)
+  np.testing.assert_array_equal(out, e_out)
+  g_m, g_x = vjp_fn(jnp.ones_like(out))
+  e_m, e_x = e_vjp_fn(jnp.ones_like(e_out))
+  assert type(g_m).__name__ == type(e_m).__name__ == 'CountedLinear'
+  assert type(g_m.linear.kernel) is nnx.Param
+  np.testing.assert_array_equal(g_m.linear.kernel.value, e_m.linear.kernel.value)
+  np.testing.assert_array_equal(g_m.linear.bias.value, e_m.linear.bias.value)
+  np.testing.assert_array_equal(g_x, e_x)
+  assert float(m.calls.value) == float(fm.calls.value) == 1.0
+
+
+def test_vjp_has_aux_and_decorator():
+  @nnx.vjp(has_aux=True, graph=False)
+  def f(m, x):
+    y = m(x)
+    return jnp.sum(y), y
+  @fnnx.vjp(has_aux=True, graph=False)
+  def g(m, x):
+    y = m(x)
+    return jnp.sum(y), y
+  out, vjp_fn, aux = f(Counted.make(nnx), x23())
+  e_out, e_vjp_fn, e_aux = g(Counted.make(fnnx), x23())
+  np.testing.assert_array_equal(aux, e_aux)
+  np.testing.assert_array_equal(vjp_fn(2.0)[1], e_vjp_fn(2.0)[1])
+
+
+def test_vjp_and_jvp_in_graph_mode_with_updates_are_not_implemented_as_in_flax():
+  for lib in (nnx, fnnx):
+    with pytest.raises(NotImplementedError, match='graph_updates'):
+      lib.vjp(loss, lib.Linear(3, 2, rngs=lib.Rngs(0)), x23())
+    with pytest.raises(NotImplementedError, match='graph_updates'):
+      lib.jvp(loss)
+
+
+@pytest.mark.parametrize('mode', [dict(graph=False), dict(graph_updates=False)])
+def test_jvp_matches_flax(mode):
+  m, fm = nnx.Linear(3, 2, rngs=nnx.Rngs(0)), fnnx.Linear(3, 2, rngs=fnnx.Rngs(0))
+  t = nnx.clone(m)
+  t.kernel.value = jnp.full((3, 2), 0.5)
+  t.bias.value = jnp.ones(2)
+  ft = jax.tree.map(lambda v: v, fm)
+  ft.kernel.value = jnp.full((3, 2), 0.5)
+  ft.bias.value = jnp.ones(2)
+  tx = jnp.ones((2, 3))
+  out, t_out = nnx.jvp(loss, (m, x23()), (t, tx), **mode)
+  e_out, e_t_out = fnnx.jvp(loss, (fm, x23()), (ft, tx), **mode)
+  np.testing.assert_array_equal(out, e_out)
+  np.testing.assert_array_equal(t_out, e_t_out)
+  out, t_out, aux = nnx.jvp(lambda m, x: (loss(m, x), 7), has_aux=True, **mode)(
+    (m, x23()), (t, tx))
+  assert aux == 7
+  np.testing.assert_array_equal(t_out, e_t_out)
+
+
+def test_jvp_tangent_of_another_structure_is_an_error():
+  m = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='tangents must have the structure of primals'):
+    nnx.jvp(loss, (m, x23()), (nnx.Linear(3, 2, use_bias=False, rngs=nnx.Rngs(0)),
+                               jnp.ones((2, 3))), graph=False)
+
+
+@pytest.mark.parametrize('name', ['vjp', 'jvp'])
+def test_signatures_match_flax(name):
+  assert_same_signature(name)
