@@ -124,6 +124,7 @@ from bridge.state import (
 from bridge.transforms.autodiff import DiffState, grad, value_and_grad
 from bridge.transforms.iteration import Carry, StateAxes, scan, vmap
 from bridge.transforms.jit import jit
+from bridge.transforms.vjp import jvp, vjp
 from bridge.transforms.lift import (
   checkpoint,
   cond,
