@@ -147,6 +147,7 @@ from bridge.variables import (
   variable_type_from_name,
   with_metadata,
 )
+from bridge.view import view, view_info, with_attributes
 
 # ``bridge.state`` is the function, as ``nnx.state`` is; the module is ``bridge.state`` in
 # sys.modules, so ``from bridge.state import State`` still works.

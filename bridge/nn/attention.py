@@ -27,6 +27,8 @@ from bridge.nn.normalization import LayerNorm
 from bridge.rngs import Rngs, RngStream
 from bridge.variables import Cache, Intermediate
 
+Shape = tp.Sequence[int]
+
 _NO_METADATA = MappingProxyType({})
 
 
@@ -430,6 +432,27 @@ class MultiHeadAttention(Module):
     # The query attends only to the positions written so far, not the cache's zeros.
     written = jnp.broadcast_to(jnp.arange(max_length) <= index, (*batch, 1, 1, max_length))
     return key, value, combine_masks(mask, written), overflow
+
+  def set_view(self, deterministic: bool | None = None, decode: bool | None = None,
+               batch_size: int | Shape | None = None, max_length: int | None = None):
+    """Class method used by ``nnx.view``.
+
+    With ``decode`` and both ``batch_size`` and ``max_length`` given, a layer without a
+    cache gets one (as ``init_cache`` makes it); otherwise call ``init_cache`` before decoding.
+
+    Args:
+      deterministic: if True, the module is set to deterministic mode.
+      decode: if True, the module is set to decode mode.
+      batch_size: the batch size to use for the cache.
+      max_length: the max length to use for the cache.
+    """
+    if deterministic is not None:
+      self.deterministic = deterministic
+    if decode is not None:
+      self.decode = decode
+      if self.cached_key is None and batch_size is not None and max_length is not None:
+        batch = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
+        self.init_cache((*batch, max_length, self.in_features), self.dtype or jnp.float32)
 
   def init_cache(self, input_shape, dtype=jnp.float32):
     """Creates the decode cache for inputs of shape ``(*batch, max_length, features)``:

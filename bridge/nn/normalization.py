@@ -201,6 +201,16 @@ class BatchNorm(Module):
     self.use_fast_variance = use_fast_variance
     self.promote_dtype = promote_dtype
 
+  def set_view(self, use_running_average: bool | None = None):
+    """Class method used by ``nnx.view``.
+
+    Args:
+      use_running_average: if True, the stored batch statistics will be
+        used instead of computing the batch statistics on the input.
+    """
+    if use_running_average is not None:
+      self.use_running_average = use_running_average
+
   def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
     """Normalizes ``x``; the call's ``use_running_average`` overrides the attribute."""
     use_running_average = _first_from(use_running_average, self.use_running_average, self,

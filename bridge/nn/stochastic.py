@@ -74,6 +74,15 @@ class Dropout(Module):
       raise TypeError(f'Dropout: rngs must be an Rngs, an RngStream or None, got '
                       f'{type(rngs).__name__}.')
 
+  def set_view(self, deterministic: bool | None = None):
+    """Class method used by ``nnx.view``.
+
+    Args:
+      deterministic: if True, disables dropout masking.
+    """
+    if deterministic is not None:
+      self.deterministic = deterministic
+
   def __call__(self, inputs, *, deterministic: bool | None = None,
                rngs: Rngs | RngStream | jax.Array | None = None) -> jax.Array:
     """``inputs`` with entries dropped (unless deterministic); the call's
