@@ -65,31 +65,64 @@ class _DiffArg(tp.NamedTuple):
   values: list  # per cut leaf: the NodeSlot or the plain value
 
 
-def _diff_args(specs, dyn_args, flat: Flat) -> list[_DiffArg]:
-  """Splits each differentiated argument; a graph leaf goes to the first spec (and first
-  occurrence of its node) whose filter it matches."""
-  if len({s.argnum for s in specs}) != len(specs):
-    raise ValueError(f'grad: an argnum is repeated in argnums={[s.argnum for s in specs]}.')
-  taken: set[int] = set()
-  out = []
-  for spec in specs:
-    if not -len(dyn_args) <= spec.argnum < len(dyn_args):
-      raise TypeError(f'grad: differentiating with respect to argnums={spec.argnum} needs at '
-                      f'least {spec.argnum + 1} positional arguments, got {len(dyn_args)}.')
-    values, treedef = jax.tree_util.tree_flatten(dyn_args[spec.argnum], is_leaf=_is_slot)
-    predicate = filterlib.to_predicate(spec.filter)
-    parts = []
-    for v in values:
-      if not isinstance(v, NodeSlot):
-        parts.append(None)
-        continue
-      chosen = [i for i, (path, h) in enumerate(zip(flat.paths, flat.handles, strict=True))
-                if path[0] == v.index and i not in taken
-                and predicate(path[1:], h if isinstance(h, Variable) else h._raw_value)]
-      taken.update(chosen)
-      parts.append(chosen)
-    out.append(_DiffArg(spec.argnum % len(dyn_args), treedef, parts, values))
-  return out
+class DiffSplit:
+  """The differentiated arguments of a call split at the boundary: each one's value with
+  its graph nodes replaced by the lists of their differentiated leaves (``inputs``), and
+  the graph leaves no argument differentiates (``rest``). A graph leaf goes to the first
+  spec (and first occurrence of its node) whose filter it matches."""
+
+  def __init__(self, specs: tp.Sequence[DiffState], dyn_args: list, flat: Flat, name: str):
+    argnums = [s.argnum for s in specs]
+    if len(set(argnums)) != len(argnums):
+      raise ValueError(f'{name}: an argnum is repeated in argnums={argnums}.')
+    self.dyn_args, self.flat = dyn_args, flat
+    taken: set[int] = set()
+    self.args: list[_DiffArg] = []
+    for spec in specs:
+      if not -len(dyn_args) <= spec.argnum < len(dyn_args):
+        raise TypeError(f'{name}: differentiating with respect to argnums={spec.argnum} needs'
+                        f' at least {spec.argnum + 1} positional arguments, got '
+                        f'{len(dyn_args)}.')
+      values, treedef = jax.tree_util.tree_flatten(dyn_args[spec.argnum], is_leaf=_is_slot)
+      predicate = filterlib.to_predicate(spec.filter)
+      parts = []
+      for v in values:
+        if not isinstance(v, NodeSlot):
+          parts.append(None)
+          continue
+        chosen = [i for i, (path, h) in enumerate(zip(flat.paths, flat.handles, strict=True))
+                  if path[0] == v.index and i not in taken
+                  and predicate(path[1:], h if isinstance(h, Variable) else h._raw_value)]
+        taken.update(chosen)
+        parts.append(chosen)
+      self.args.append(_DiffArg(spec.argnum % len(dyn_args), treedef, parts, values))
+    self.is_diff = [i in taken for i in range(len(flat.handles))]
+
+  def inputs(self) -> tuple[list, list]:
+    """``(inputs, rest)`` at the current leaf values."""
+    leaves = [h._raw_value for h in self.flat.handles]
+    rest = [x for x, diff in zip(leaves, self.is_diff, strict=True) if not diff]
+    inputs = [d.treedef.unflatten([v if part is None else [leaves[i] for i in part]
+                                   for part, v in zip(d.parts, d.values, strict=True)])
+              for d in self.args]
+    return inputs, rest
+
+  def assemble(self, inputs, rest) -> tuple[list, list]:
+    """Undoes ``inputs``: ``(all graph leaves, positional arguments with NodeSlots)``."""
+    it_rest = iter(rest)
+    full = [None if diff else next(it_rest) for diff in self.is_diff]
+    call_args = list(self.dyn_args)
+    for d, value in zip(self.args, inputs, strict=True):
+      values = []
+      for part, v, cut in zip(d.parts, d.values, d.treedef.flatten_up_to(value), strict=True):
+        if part is None:
+          values.append(cut)
+        else:
+          for i, x in zip(part, cut, strict=True):
+            full[i] = x
+          values.append(v)
+      call_args[d.argnum] = d.treedef.unflatten(values)
+    return full, call_args
 
 
 def _transform(f, argnums, has_aux, holomorphic, allow_int, return_value: bool,
@@ -103,33 +136,10 @@ def _transform(f, argnums, has_aux, holomorphic, allow_int, return_value: bool,
     dyn_args = extract(args, nodes)
     dyn_kwargs = dict(zip(kwargs, extract(list(kwargs.values()), nodes), strict=True))
     flat = Flat(tuple(nodes))
-    leaves = [h._raw_value for h in flat.handles]
-    diffs = _diff_args(specs, dyn_args, flat)
-    is_diff = [False] * len(leaves)
-    for d in diffs:
-      for part in d.parts:
-        for i in part or ():
-          is_diff[i] = True
-    rest = [x for x, diff in zip(leaves, is_diff, strict=True) if not diff]
-    diff_inputs = [d.treedef.unflatten([v if part is None else [leaves[i] for i in part]
-                                        for part, v in zip(d.parts, d.values, strict=True)])
-                   for d in diffs]
+    split = DiffSplit(specs, dyn_args, flat, f'{"value_and_" if return_value else ""}grad')
 
-    def pure(diff_inputs, rest):
-      it_rest = iter(rest)
-      full = [None if diff else next(it_rest) for diff in is_diff]
-      call_args = list(dyn_args)
-      for d, inputs in zip(diffs, diff_inputs, strict=True):
-        values = []
-        for part, v, cut in zip(d.parts, d.values, d.treedef.flatten_up_to(inputs),
-                                strict=True):
-          if part is None:
-            values.append(cut)
-          else:
-            for i, x in zip(part, cut, strict=True):
-              full[i] = x
-            values.append(v)
-        call_args[d.argnum] = d.treedef.unflatten(values)
+    def pure(inputs, rest):
+      full, call_args = split.assemble(inputs, rest)
       roots, origin = build_inside(flat.graphdef, full)
       out = f(*insert(call_args, roots), **insert(dyn_kwargs, roots))
       value, aux = out if has_aux else (out, None)
@@ -138,9 +148,9 @@ def _transform(f, argnums, has_aux, holomorphic, allow_int, return_value: bool,
 
     (value, (out_leaves, box)), grads = jax.value_and_grad(
       pure, argnums=0, has_aux=True, holomorphic=holomorphic, allow_int=allow_int)(
-        diff_inputs, rest)
+        *split.inputs())
     aux = write_back(flat, box.value, out_leaves)
-    grads = [_node_grads(d, g, flat, as_state) for d, g in zip(diffs, grads, strict=True)]
+    grads = [node_grads(d, g, flat, as_state) for d, g in zip(split.args, grads, strict=True)]
     grads = grads[0] if single else tuple(grads)
     if return_value:
       return ((value, aux) if has_aux else value), grads
@@ -149,7 +159,7 @@ def _transform(f, argnums, has_aux, holomorphic, allow_int, return_value: bool,
   return wrapper
 
 
-def _node_grads(d: _DiffArg, grads, flat: Flat, as_state: bool):
+def node_grads(d: _DiffArg, grads, flat: Flat, as_state: bool):
   """The gradient of one argument, each graph node's part as a State of its leaves or
   (``as_state=False``) as a node of the same structure holding the gradients."""
   values = []
