@@ -14,6 +14,7 @@ import sys as _sys
 
 from bridge import (
   _repr,
+  bridge,
   filters,
   graph,
   graphlib,
@@ -38,6 +39,7 @@ from bridge.graph import (
   update,
 )
 from bridge.graph import state as _graph_state
+from bridge.graph_call import call
 from bridge.graph_map import map, recursive_map, set_metadata
 from bridge.graph_mode import set_graph_mode, set_graph_updates
 from bridge.interop.metadata import (

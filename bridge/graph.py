@@ -123,6 +123,14 @@ _STATIC_TYPES = (int, float, complex, str, bytes, bool, type(None), type, np.dty
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 
 
+def child_items(x: Object) -> list:
+  """An Object's ``(name, child)`` pairs in walk order: by name, unless its class orders
+  them (``_graph_child_order``, e.g. ``bridge.bridge.Module``'s ``AttrPriority``)."""
+  order = getattr(type(x), '_graph_child_order', None)
+  items = x._graph_children().items()
+  return order(x, items) if order is not None else sorted(items)
+
+
 class _Flattener:
   __slots__ = ('index', 'leaves', 'nodes')
 
@@ -149,8 +157,7 @@ class _Flattener:
       return VariableDef(type(x), i, hashable(x._metadata))
     if isinstance(x, Object):
       i = self._new_index(x)
-      children = tuple((k, self.walk(v, (*path, k)))
-                       for k, v in sorted(x._graph_children().items()))
+      children = tuple((k, self.walk(v, (*path, k))) for k, v in child_items(x))
       return NodeDef('object', type(x), i, children)
     if isinstance(x, _ARRAY_TYPES):
       self.leaves.append((path, x))
@@ -424,7 +431,7 @@ def iter_graph(node) -> tp.Iterator[tuple[PathParts, tp.Any]]:
     if isinstance(x, (Object, list, dict, Variable)):
       seen.add(id(x))
     if isinstance(x, Object):
-      for k, v in sorted(x._graph_children().items()):
+      for k, v in child_items(x):
         yield from walk(v, (*path, k))
     elif isinstance(x, (list, tuple)):
       for k, v in enumerate(x):

@@ -50,9 +50,14 @@ def _enclosing_linen_module() -> nn.Module | None:
 
 def _mutable_names(mutable, present: tp.Iterable[str]):
   """Linen's ``mutable`` from ours: a bool, a name, names, or Variable types. By default,
-  what the enclosing Linen call may change (as in flax); outside Linen, every collection
-  but params (a stateful Module updates its statistics in place)."""
+  what the enclosing ``bridge.bridge.Module`` apply or Linen call may change (as in flax);
+  outside both, every collection but params (a stateful Module updates its statistics in
+  place)."""
   if mutable is None:
+    from bridge.bridge.module import current_module  # imports this module: import late
+    bridge_parent = current_module()
+    if bridge_parent is not None and bridge_parent.scope is not None:
+      return bridge_parent.scope.mutable
     linen_parent = _enclosing_linen_module()
     if linen_parent is not None and linen_parent.scope is not None:
       return linen_parent.scope.mutable
