@@ -97,6 +97,15 @@ from bridge.nn.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerNor
 from bridge.nn.stochastic import Dropout
 from bridge.nn.lora import LoRA, LoRALinear, LoRAParam
 from bridge.nn.pooling import avg_pool, max_pool, min_pool, pool
+from bridge.nn.recurrent import (
+  RNN,
+  Bidirectional,
+  GRUCell,
+  LSTMCell,
+  OptimizedLSTMCell,
+  RNNCellBase,
+  SimpleCell,
+)
 from bridge.object import Object
 from bridge.optimizer import OptArray, Optimizer, OptState, OptVariable
 from bridge.rngs import (
