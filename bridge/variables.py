@@ -322,7 +322,9 @@ class Variable:
   def update_from_state(self, other: Variable) -> None:
     """Takes the value and metadata of ``other`` (of the same type) in place."""
     object.__setattr__(self, '_raw_value', other._raw_value)
-    object.__setattr__(self, '_metadata', dict(other._metadata))
+    if hashable(other._metadata) != hashable(self._metadata):
+      object.__setattr__(self, '_metadata', dict(other._metadata))
+      bump_structure_epoch()  # metadata is part of the GraphDef
 
   copy_from = update_from_state
 

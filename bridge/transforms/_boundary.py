@@ -9,12 +9,15 @@ updated in place, new Variables and attributes included.
 
 The walk is cached per argument set and redone only when ``structure_epoch()`` moved or a
 plain list/dict inside the graph changed, so a steady-state call costs a list comprehension
-over the Variables, not a walk over Python objects.
+over the Variables, not a walk over Python objects. The cache holds the argument objects
+weakly: a walk is dropped when one of its Modules is freed, so a dropped model's arrays go
+with it.
 """
 
 from __future__ import annotations
 
 import typing as tp
+import weakref
 
 import jax
 import numpy as np
@@ -106,32 +109,65 @@ class _AttrSlot:
   __slots__ = ('parent', 'key')
 
   def __init__(self, parent, key):
-    self.parent, self.key = parent, key
+    self.parent, self.key = _weak(parent), key
 
   @property
   def _raw_value(self):
-    if isinstance(self.parent, Object):
-      return self.parent._graph_children()[self.key]
-    return self.parent[self.key]
+    parent = _strong(self.parent)
+    if isinstance(parent, Object):
+      return parent._graph_children()[self.key]
+    return parent[self.key]
 
   @_raw_value.setter
   def _raw_value(self, value):
-    if isinstance(self.parent, Object):
-      object.__setattr__(self.parent, self.key, value)
+    parent = _strong(self.parent)
+    if isinstance(parent, Object):
+      object.__setattr__(parent, self.key, value)
     else:
-      self.parent[self.key] = value
+      parent[self.key] = value
+
+
+def _weak(node):
+  """A weak reference to an Object (Modules, Rngs: what may hold a whole model); other
+  nodes (Variables, lists, dicts) as they are."""
+  return weakref.ref(node) if isinstance(node, Object) else node
+
+
+def _strong(ref):
+  return ref() if type(ref) is weakref.ref else ref
+
+
+class _Walker(_Flattener):
+  """A walk that snapshots every plain list and dict when it reaches it, leafless ones
+  included (they become static, yet a Variable added to one later must be seen)."""
+
+  __slots__ = ('containers',)
+
+  def __init__(self):
+    super().__init__()
+    self.containers: dict[int, tuple] = {}
+
+  def _walk_container(self, x, path):
+    if type(x) in (list, dict):
+      self.containers[id(x)] = (x, _snapshot(x))
+    return super()._walk_container(x, path)
 
 
 class Flat:
-  """One walk of a set of graph arguments: GraphDef, leaf handles, nodes by index."""
+  """One walk of a set of graph arguments: GraphDef, leaf handles, nodes by index.
 
-  __slots__ = ('graphdef', 'paths', 'handles', 'groups', 'nodes', 'containers', 'epoch',
-               'roots', 'calls')
+  Objects (the roots among them) are held weakly; ``on_free(ref)`` is called when a root
+  Object is freed.
+  """
 
-  def __init__(self, roots: tuple):
-    f = _Flattener()
+  __slots__ = ('graphdef', 'paths', 'handles', 'groups', '_nodes', 'containers', 'epoch',
+               '_roots', 'calls')
+
+  def __init__(self, roots: tuple, on_free: tp.Callable | None = None):
+    self.epoch = structure_epoch()  # before the walk: a change made during it is not missed
+    f = _Walker()
     self.graphdef = GraphDef(f.walk(roots, ()))
-    self.nodes = f.nodes
+    self._nodes = [_weak(n) for n in f.nodes]
     self.paths = [path for path, _ in f.leaves]
     self.handles = [leaf if isinstance(leaf, Variable) else _attr_slot(roots, path)
                     for path, leaf in f.leaves]
@@ -141,14 +177,25 @@ class Flat:
     for r in range(len(roots)):
       bounds[r + 1] += bounds[r]
     self.groups = [self.handles[bounds[r]:bounds[r + 1]] for r in range(len(roots))]
-    self.containers = [(c, _snapshot(c)) for c in f.nodes if type(c) in (list, dict)]
-    self.epoch = structure_epoch()
-    self.roots = roots
+    self.containers = list(f.containers.values())
+    self._roots = tuple(weakref.ref(r, on_free) if isinstance(r, Object) else r
+                        for r in roots)
     self.calls: dict = {}  # the transform's compiled callables for this walk
 
-  def still_valid(self, roots: tuple) -> bool:
-    if not _same_objects(roots, self.roots):
-      return False
+  @property
+  def roots(self) -> tuple:
+    return tuple(map(_strong, self._roots))
+
+  @property
+  def nodes(self) -> list:
+    """The walked nodes (Objects, Variables, lists, dicts) by index."""
+    return list(map(_strong, self._nodes))
+
+  def node(self, index: int):
+    return _strong(self._nodes[index])
+
+  def still_valid(self) -> bool:
+    """Whether nothing in the walked graph changed its structure since the walk."""
     if self.epoch != structure_epoch():
       return False
     return all(_snapshot(c) == snap for c, snap in self.containers)
@@ -172,26 +219,36 @@ def _attr_slot(root, path):
 
 
 class FlatCache:
-  """The last few walks of argument sets, reused while their structure is unchanged."""
+  """The walks of the last ``size`` argument sets, reused while their structure is
+  unchanged. Keyed by the arguments' ids; a walk is dropped as soon as one of its Modules
+  is freed, so the cache never keeps a model (or its arrays) alive."""
 
-  __slots__ = ('entries', 'size')
+  __slots__ = ('entries', 'size', '__weakref__')
 
   def __init__(self, size: int = 4):
-    self.entries: list[Flat] = []
+    self.entries: dict[tuple, Flat] = {}
     self.size = size
 
   def get(self, roots: tuple) -> Flat:
-    for flat in self.entries:
-      if flat.still_valid(roots):
-        return flat
-    flat = Flat(roots)  # replaces an outdated walk of the same objects, if any
-    self.entries = [flat, *(e for e in self.entries if not _same_objects(e.roots, roots))]
-    del self.entries[self.size:]
+    key = tuple(map(id, roots))
+    flat = self.entries.get(key)
+    if flat is not None and flat.still_valid():
+      return flat
+    flat = Flat(roots, _evicter(weakref.ref(self), key))
+    self.entries.pop(key, None)  # replaces an outdated walk of the same objects, if any
+    self.entries[key] = flat
+    if len(self.entries) > self.size:
+      del self.entries[next(iter(self.entries))]
     return flat
 
 
-def _same_objects(a: tuple, b: tuple) -> bool:
-  return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+def _evicter(cache_ref, key):
+  """The weakref callback dropping the walk ``key`` of a cache (which may be gone too)."""
+  def evict(_):
+    cache = cache_ref()
+    if cache is not None:
+      cache.entries.pop(key, None)
+  return evict
 
 
 # -- inside the trace ---------------------------------------------------------------------
@@ -287,12 +344,32 @@ def write_back(flat: Flat, static: OutStatic, leaves: list):
     if type(out_def) is ArrayDef:
       return leaves[n]
     u = _Unflattener(_leaf_iter(leaves[n:]))
-    u.nodes = dict(enumerate(flat.nodes))
+    u.nodes = _InputNodes(flat)
     return u.build(out_def, (1,))
-  reuse = {i: flat.nodes[o] for i, o in enumerate(static.origins) if o >= 0}
+  nodes = flat.nodes
+  reuse = {i: nodes[o] for i, o in enumerate(static.origins) if o >= 0}
   _, out = _Reuser(_leaf_iter(leaves), reuse).build(static.graphdef.root, ())
   bump_structure_epoch()
   return out
+
+
+def build_copy(static: OutStatic, leaves: list):
+  """The traced function's output built from ``leaves`` as new objects, touching none of
+  the caller's (``eval_shape``: the arguments are never modified)."""
+  return _Unflattener(_leaf_iter(leaves)).build(static.graphdef.root, ())[1]
+
+
+class _InputNodes(dict):
+  """Node table of an output build: the walk's input nodes, looked up on demand."""
+
+  __slots__ = ('flat',)
+
+  def __init__(self, flat: Flat):
+    super().__init__()
+    self.flat = flat
+
+  def __missing__(self, index):
+    return self.flat.node(index)
 
 
 def _leaf_iter(leaves):
@@ -302,7 +379,7 @@ def _leaf_iter(leaves):
 
 def _is_unchanged(flat: Flat, static: OutStatic) -> bool:
   roots_def = static.graphdef.root.children[0][1]
-  n = len(flat.nodes)
+  n = len(flat._nodes)
   return roots_def == flat.graphdef.root and static.origins[:n] == tuple(range(n))
 
 

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import typing as tp
@@ -51,7 +52,24 @@ class _CallStatic(tp.NamedTuple):
 
 
 class Jitted:
-  """A jitted function of Modules (what ``jit`` returns); call it like the function."""
+  """A jitted function of Modules (what ``jit`` returns); call it like the function.
+
+  It keeps one ``jax.jit`` per distinct structure of its arguments (and static arguments)
+  in ``compiled``, the ``max_compiled`` (64) most recently used ones: a program that keeps
+  changing the structure of its Modules does not grow it without bound.
+
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> f = nnx.jit(lambda m: m.kernel.value.sum())
+  >>> m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  >>> for i in range(3):
+  ...   m.tag = i  # a static attribute: a new structure each time
+  ...   _ = f(m)
+  >>> len(f.compiled), f.max_compiled
+  (3, 64)
+  """
+
+  max_compiled = 64
 
   def __init__(self, fun, *, static_argnums=None, static_argnames=None, donate_argnums=None,
                donate_argnames=None, in_shardings=None, out_shardings=None, **jit_kwargs):
@@ -69,8 +87,9 @@ class Jitted:
       signature, self.static_argnums, self.static_argnames)
     self.donate_argnums, self.donate_argnames = _resolve(
       signature, self.donate_argnums, self.donate_argnames)
+    self._negative_argnums = any(i < 0 for i in self.static_argnums)
     self.cache = FlatCache()
-    self.compiled: dict[tuple, tp.Any] = {}
+    self.compiled: collections.OrderedDict[tuple, tp.Any] = collections.OrderedDict()
 
   def _pure(self, static: _CallStatic, dyn_kwargs, donated_kwargs, *parts):
     node_leaves = [leaf for group in parts[:static.n_roots] for leaf in group]
@@ -93,33 +112,46 @@ class Jitted:
     equal structures share jax's compilation cache)."""
     key = (static, donate, shardings_key)
     jitted = self.compiled.get(key)
-    if jitted is None:
-      kwargs = dict(self.jit_kwargs)
-      if shardings_key is not None:
-        kwargs['in_shardings'] = shardings_key
-      jitted = jax.jit(functools.partial(self._pure, static),
-                       donate_argnums=tuple(i - 1 for i in donate), **kwargs)
-      self.compiled[key] = jitted
+    if jitted is not None:
+      self.compiled.move_to_end(key)
+      return jitted
+    kwargs = dict(self.jit_kwargs)
+    if shardings_key is not None:
+      kwargs['in_shardings'] = shardings_key
+    jitted = jax.jit(functools.partial(self._pure, static),
+                     donate_argnums=tuple(i - 1 for i in donate), **kwargs)
+    self.compiled[key] = jitted
+    if len(self.compiled) > self.max_compiled:
+      self.compiled.popitem(last=False)
     return jitted
 
   def __call__(self, *args, **kwargs):
-    static_args = tuple((i, a) for i, a in enumerate(args) if i in self.static_argnums) \
-      if self.static_argnums else ()
-    dyn_args = [a for i, a in enumerate(args) if i not in self.static_argnums] \
-      if self.static_argnums else args
+    static_nums = self.static_argnums if not self._negative_argnums else \
+      frozenset(i % len(args) for i in self.static_argnums if -len(args) <= i < len(args))
+    static_args = tuple((i, a) for i, a in enumerate(args) if i in static_nums) \
+      if static_nums else ()
+    dyn_args = [a for i, a in enumerate(args) if i not in static_nums] \
+      if static_nums else args
     nodes: list = []
     dyn_args = extract(dyn_args, nodes)
     static_kwargs, dyn_kwargs, donated_kwargs = self._split_kwargs(kwargs, nodes) \
       if kwargs else ((), {}, {})
     flat = self.cache.get(tuple(nodes))
-    donate = self._donation(args, kwargs, nodes) if (
+    donate = self._donation(args, kwargs, nodes, static_nums) if (
       self.donate_argnums or self.donate_argnames) else ()
-    shardings = self._in_shardings(args, nodes) if self.in_shardings is not None else None
+    shardings = self._in_shardings(args, nodes, static_nums) \
+      if self.in_shardings is not None else None
     call_key = (static_args, static_kwargs, len(args), donate, shardings)
-    jitted = flat.calls.get(call_key)  # per walk: no GraphDef hashing on a steady call
+    try:
+      jitted = flat.calls.get(call_key)  # per walk: no GraphDef hashing on a steady call
+    except TypeError:
+      _check_hashable(self.fun, static_args, static_kwargs)
+      raise
     if jitted is None:
       static = _CallStatic(flat.graphdef, len(nodes), static_args, static_kwargs, len(args),
                            donate)
+      if len(flat.calls) >= self.max_compiled:
+        del flat.calls[next(iter(flat.calls))]
       jitted = flat.calls[call_key] = self._jax_jit(static, donate, shardings)
     leaves, box = jitted(dyn_kwargs, donated_kwargs, *flat.leaf_groups(), *dyn_args)
     return write_back(flat, box.value, leaves)
@@ -134,7 +166,7 @@ class Jitted:
                       if k in self.donate_argnames}
     return static_kwargs, dyn_kwargs, donated_kwargs
 
-  def _donation(self, args, kwargs, nodes) -> tuple:
+  def _donation(self, args, kwargs, nodes, static_nums) -> tuple:
     """Positions of ``_pure``'s arguments to donate: a donated Module donates its leaves.
 
     ``_pure`` takes ``(static, dyn_kwargs, donated_kwargs, *node_leaf_groups, *dyn_args)``.
@@ -142,7 +174,7 @@ class Jitted:
     donated = [a for i, a in enumerate(args) if i in self.donate_argnums] + \
       [v for k, v in kwargs.items() if k in self.donate_argnames]
     out = {2} if any(k in self.donate_argnames for k in kwargs) else set()
-    dyn_positions = [i for i in range(len(args)) if i not in self.static_argnums]
+    dyn_positions = [i for i in range(len(args)) if i not in static_nums]
     for value in donated:
       for r, node in enumerate(nodes):
         if node is value:
@@ -152,10 +184,10 @@ class Jitted:
         out.add(3 + len(nodes) + j)
     return tuple(sorted(out))
 
-  def _in_shardings(self, args, nodes):
+  def _in_shardings(self, args, nodes, static_nums):
     """``in_shardings`` per non-static positional argument (as in ``jax.jit``), moved to
     ``_pure``'s layout (a Module's entry applies to all its leaves)."""
-    dyn = [a for i, a in enumerate(args) if i not in self.static_argnums]
+    dyn = [a for i, a in enumerate(args) if i not in static_nums]
     per_arg = self.in_shardings if isinstance(self.in_shardings, (tuple, list)) else \
       (self.in_shardings,) * len(dyn)
     if len(per_arg) != len(dyn):
@@ -181,6 +213,22 @@ class Jitted:
     return f'bridge.jit({getattr(self.fun, "__qualname__", self.fun)!r})'
 
 
+def _check_hashable(fun, static_args: tuple, static_kwargs: tuple) -> None:
+  """Raises a ``ValueError`` (what ``jax.jit`` and flax.nnx raise) naming the first static
+  argument that cannot be hashed, so cannot key the compilation cache."""
+  names = [p.name for p in _positional_params(_signature(fun))]
+  for where, value in [*static_args, *static_kwargs]:
+    try:
+      hash(value)
+    except TypeError as error:
+      name = repr(where) if isinstance(where, str) else (
+        f'at position {where}' + (f' ({names[where]!r})' if where < len(names) else ''))
+      raise ValueError(
+        f'jit({getattr(fun, "__qualname__", fun)}): static argument {name} must be '
+        f'hashable, but got a {type(value).__name__}: {value!r}. Pass a hashable value '
+        '(e.g. a tuple instead of a list), or do not mark the argument static.') from error
+
+
 def _constrain(out, shardings):
   """``out`` with its arrays constrained to ``shardings`` (a prefix of ``out``'s tree),
   so the user's output, not the updated Module state, carries ``out_shardings``."""
@@ -199,12 +247,19 @@ def _signature(fun):
     return None
 
 
+def _positional_params(signature) -> list[inspect.Parameter]:
+  if signature is None:
+    return []
+  return [p for p in signature.parameters.values()
+          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
 def _resolve(signature, nums: frozenset, names: frozenset) -> tuple[frozenset, frozenset]:
-  """Completes argnums from argnames and back through the signature, as jax.jit does."""
+  """Completes argnums from argnames and back through the signature, as jax.jit does
+  (a negative argnum counts from the end of each call's arguments, so names none)."""
   if signature is None:
     return nums, names
-  params = [p for p in signature.parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+  params = _positional_params(signature)
   nums = nums | {i for i, p in enumerate(params) if p.name in names}
   names = names | {p.name for i, p in enumerate(params) if i in nums
                    and p.kind is p.POSITIONAL_OR_KEYWORD}

@@ -22,6 +22,7 @@ from jax import lax
 from bridge.transforms._boundary import (
   Box,
   Flat,
+  build_copy,
   build_inside,
   flatten_outside,
   insert,
@@ -50,10 +51,20 @@ def lifted_call(run: tp.Callable, fns: tp.Sequence[tp.Callable], args: tp.Sequen
 
 def eval_shape(f, *args, **kwargs):
   """``jax.eval_shape`` for functions of Modules: the output (Modules included) with
-  ``jax.ShapeDtypeStruct`` values; no arrays are allocated. See the module docstring."""
+  ``jax.ShapeDtypeStruct`` values; no arrays are allocated. The arguments are never
+  modified: Modules in the output are new objects, even those ``f`` got as arguments.
+
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  >>> out = nnx.eval_shape(lambda m, x: m(x), model, jnp.ones((1, 2)))
+  >>> out.shape, type(model.kernel.value).__name__
+  ((1, 3), 'ArrayImpl')
+  """
   g = functools.partial(f, **kwargs) if kwargs else f
-  return lifted_call(lambda pures, leaves, dyn: jax.eval_shape(pures[0], leaves, dyn),
-                     [g], args)
+  dyn_args, flat, leaves = split_args(args)
+  out_leaves, box = jax.eval_shape(_pure(flat, g), leaves, dyn_args)
+  return build_copy(box.value, out_leaves)
 
 
 def remat(f=None, *, prevent_cse: bool = True, static_argnums=(), policy=None):

@@ -1,0 +1,222 @@
+"""Soundness of the transform core (issue #10): transforms never modify what they must not,
+jit never runs on a stale walk or stale metadata, its caches are bounded and hold no model
+alive, and bad static arguments / layer configurations get clear errors."""
+
+import gc
+import weakref
+
+import flax.nnx as fnnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bridge as nnx
+from bridge import graph
+
+
+def _names(module) -> tuple:
+  """The paths of ``module``'s Variables, as ``state`` sees them (static, so a jitted
+  function can return it)."""
+  return tuple(sorted('/'.join(map(str, path)) for path, _ in nnx.state(module).flat_state()))
+
+
+# -- eval_shape ----------------------------------------------------------------------------
+@pytest.mark.parametrize('lib', [fnnx, nnx], ids=['flax', 'bridge'])
+def test_eval_shape_never_modifies_its_arguments(lib):
+  model = lib.Linear(2, 3, rngs=lib.Rngs(0))
+  rngs = lib.Rngs(0)
+  kernel = model.kernel[...]
+
+  def f(m, r, x):
+    m.kernel[...] = m.kernel[...] + 1  # writes, a new attribute and an RNG draw: all dropped
+    m.extra = lib.Param(jnp.ones(4))
+    r.params()
+    return m, m.kernel, m(x)
+
+  out_model, out_kernel, y = lib.eval_shape(f, model, rngs, jnp.ones((1, 2)))
+  np.testing.assert_array_equal(model.kernel[...], kernel)
+  assert isinstance(model.kernel[...], jax.Array)
+  assert not hasattr(model, 'extra')
+  assert int(rngs.params.count[...]) == 0
+  # The output's Modules are new abstract objects, with the sharing of the traced ones.
+  assert out_model is not model and out_kernel is out_model.kernel
+  assert isinstance(out_model.kernel.get_value(), jax.ShapeDtypeStruct)
+  assert out_model.extra.get_value().shape == (4,)
+  assert y.shape == (1, 3)
+
+
+# -- metadata changed by update ------------------------------------------------------------
+def test_jit_sees_metadata_changed_by_update():
+  model = nnx.Linear(2, 2, rngs=nnx.Rngs(0), kernel_metadata={'tag': 'old'})
+  seen = []
+
+  @nnx.jit(static_argnums=1)
+  def f(m, grow):
+    seen.append(m.kernel.get_metadata('tag'))
+    if grow:  # a structural change: the caller's graph is rebuilt from the trace's
+      m.extra = nnx.BatchStat(jnp.zeros(()))
+    return m.kernel[...].sum()
+
+  f(model, False)
+  state = nnx.state(model)
+  state['kernel'] = state['kernel'].replace(tag='new')
+  nnx.update(model, state)
+  f(model, False)
+  assert seen == ['old', 'new']
+  f(model, True)
+  assert model.kernel.get_metadata('tag') == 'new'
+
+
+def test_update_with_the_same_metadata_keeps_the_cached_walk():
+  model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  f = nnx.jit(lambda m: m.kernel[...].sum())
+  f(model)
+  (flat,) = f.cache.entries.values()
+  nnx.update(model, nnx.state(model))
+  f(model)
+  assert f.cache.entries[(id(model),)] is flat
+
+
+# -- the walk cache holds no model alive -----------------------------------------------------
+def _live(shape) -> int:
+  return sum(a.shape == shape for a in jax.live_arrays())
+
+
+def test_a_freed_model_frees_its_arrays_after_jit():
+  shape = (7, 13)  # a shape nothing else in the process uses
+  f = nnx.jit(lambda m, x: m(x).sum())
+  model = nnx.Linear(*shape, rngs=nnx.Rngs(0))
+  f(model, jnp.ones((1, 7)))
+  f(model, jnp.ones((1, 7)))  # the cached walk
+  assert _live(shape) == 1
+  ref = weakref.ref(model)
+  del model
+  gc.collect()
+  assert ref() is None
+  assert _live(shape) == 0
+  assert not f.cache.entries
+  assert f.compiled  # the compiled function stays, without the model
+
+
+def test_a_freed_argument_drops_its_walk_but_not_the_others():
+  f = nnx.jit(lambda a, b: a.kernel[...].sum() + b.kernel[...].sum())
+  a, b = (nnx.Linear(2, 2, rngs=nnx.Rngs(i)) for i in range(2))
+  f(a, b)
+  f(b, b)
+  del a
+  gc.collect()
+  assert list(f.cache.entries) == [(id(b),)]  # b once: the roots are distinct objects
+  assert float(f(b, b)) == float(2 * b.kernel[...].sum())
+
+
+# -- a structural change during the walk -----------------------------------------------------
+def test_jit_sees_a_structural_change_made_during_its_walk(monkeypatch):
+  model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  walk = graph._Flattener.walk
+  changed = []
+
+  def walk_racing_with_another_thread(self, x, path):
+    if path == (0, 'kernel') and not changed:  # the model's attributes are already listed
+      changed.append(True)
+      model.extra = nnx.Param(jnp.ones(3))
+    return walk(self, x, path)
+
+  monkeypatch.setattr(graph._Flattener, 'walk', walk_racing_with_another_thread)
+  f = nnx.jit(_names)
+  assert f(model) == ('bias', 'kernel')  # walked before the change landed
+  assert changed
+  assert f(model) == ('bias', 'extra', 'kernel') == _names(model)
+
+
+# -- plain containers without leaves ---------------------------------------------------------
+class Holder(nnx.Module):
+  def __init__(self):
+    self.d = {}
+    self.l = []
+    self.static = {'sizes': [1, 2]}
+
+
+@pytest.mark.parametrize('where', ['d', 'l', 'static'])
+def test_jit_sees_a_variable_added_to_a_leafless_container(where):
+  holder = Holder()
+  f = nnx.jit(_names)
+  assert f(holder) == () == _names(holder)
+  container = getattr(holder, where)
+  if isinstance(container, list):
+    container.append(nnx.Param(jnp.ones(2)))
+  else:
+    container['w'] = nnx.Param(jnp.ones(2))
+  assert _names(holder)  # state() sees it, so must jit
+  assert f(holder) == _names(holder)
+
+
+# -- negative static_argnums -----------------------------------------------------------------
+def test_negative_static_argnums_count_from_the_end_as_in_jax_jit():
+  def repeat(x, n):
+    for _ in range(n):  # needs a static n
+      x = x * 2
+    return x
+
+  x = jnp.arange(3.0)
+  expected = jax.jit(repeat, static_argnums=-1)(x, 3)
+  np.testing.assert_array_equal(nnx.jit(repeat, static_argnums=-1)(x, 3), expected)
+  np.testing.assert_array_equal(fnnx.jit(repeat, static_argnums=-1)(x, 3), expected)
+
+  def varargs(*args):  # -1 is whichever argument comes last in each call
+    return repeat(args[0], args[-1])
+
+  for args in [(x, 3), (x, 1.0, 3)]:
+    np.testing.assert_array_equal(nnx.jit(varargs, static_argnums=-1)(*args),
+                                  jax.jit(varargs, static_argnums=-1)(*args))
+
+
+def test_negative_static_argnums_with_a_module():
+  model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  f = nnx.jit(lambda m, x, n: m(x) * len(range(n)), static_argnums=(-1,))
+  x = jnp.ones((1, 2))
+  np.testing.assert_array_equal(f(model, x, 3), model(x) * 3)
+
+
+# -- the compiled cache is bounded -----------------------------------------------------------
+def test_jitted_keeps_the_most_recently_used_compilations():
+  model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  traces = []
+
+  def f(m):
+    traces.append(m.tag)
+    return m.kernel[...].sum()
+
+  jitted = nnx.jit(f)
+  assert nnx.jit(f).max_compiled == 64  # the documented default
+  jitted.max_compiled = 2
+  for tag in 'abcbdb':  # each tag is a structure
+    model.tag = tag
+    jitted(model)
+  assert len(jitted.compiled) == 2
+  # 'b' was used again before 'd' came, so 'c' (least recently used) went, not 'b'.
+  assert traces == ['a', 'b', 'c', 'd']
+
+
+# -- clear errors ----------------------------------------------------------------------------
+def _flax_error(fn):
+  with pytest.raises(Exception) as info:
+    fn()
+  return info.type
+
+
+@pytest.mark.parametrize('how', ['position', 'keyword'])
+def test_an_unhashable_static_argument_is_named(how):
+  def f(x, sizes):
+    return x * len(sizes)
+
+  x = jnp.ones(2)
+  if how == 'position':
+    flax_type = _flax_error(lambda: fnnx.jit(f, static_argnums=1)(x, [1, 2]))
+    call = lambda: nnx.jit(f, static_argnums=1)(x, [1, 2])  # noqa: E731
+  else:
+    flax_type = _flax_error(lambda: fnnx.jit(f, static_argnames='sizes')(x, sizes=[1, 2]))
+    call = lambda: nnx.jit(f, static_argnames='sizes')(x, sizes=[1, 2])  # noqa: E731
+  with pytest.raises(flax_type, match=r"static argument .*'sizes'.* must be hashable, but "
+                     r'got a list: \[1, 2\]'):
+    call()
