@@ -106,6 +106,7 @@ from bridge.nn.recurrent import (
   RNNCellBase,
   SimpleCell,
 )
+from bridge.nn.weight_norms import SpectralNorm, WeightNorm
 from bridge.object import Object
 from bridge.optimizer import OptArray, Optimizer, OptState, OptVariable
 from bridge.rngs import (
