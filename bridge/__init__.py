@@ -24,6 +24,7 @@ from bridge import (
   traversals,
   variables,
 )
+from bridge.capture import capture
 from bridge._callable_module import make_callable as _make_callable
 from bridge.filters import All, Any, Everything, Not, Nothing, OfType, PathContains, PathIn, WithTag
 from bridge.graph import (
