@@ -4,13 +4,20 @@ that orbax would merge, Python scalars, corrupted files, leftovers of killed sav
 import glob
 import os
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 import bridge as nnx
-from bridge.migrate import ChecksumError, restore_checkpoint, save_checkpoint
+from bridge.migrate import (
+  ChecksumError,
+  restore_checkpoint,
+  restore_linen_checkpoint,
+  save_checkpoint,
+)
 
 
 def linear(seed, din=2, dout=3):
@@ -154,3 +161,47 @@ def test_the_next_save_removes_what_killed_saves_left(tmp_path):
     os.makedirs(tmp_path / name / 'default')
   assert save_checkpoint(tmp_path, linear(1)) == 1
   assert sorted(os.listdir(tmp_path)) == ['0', '1']
+
+
+# -- which directories are steps of a Linen loop's checkpoint directory -------------------
+def _linen_params(seed):
+  return nn.Dense(3).init(jax.random.key(seed), jnp.ones((1, 2)))['params']
+
+
+def _save_tree(path, tree):
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path, tree)
+
+
+def _restored_kernel(path, **kwargs):
+  model = restore_linen_checkpoint(path, linear(9), collections={'params': 'params'},
+                                   **kwargs)
+  return np.asarray(model.kernel.value)
+
+
+def test_only_checkpoint_steps_count_as_steps(tmp_path):
+  with ocp.CheckpointManager(tmp_path) as manager:
+    for step in (100, 200):
+      manager.save(step, args=ocp.args.StandardSave({'params': _linen_params(step)}))
+  _save_tree(tmp_path / 'export_20240101', {'params': _linen_params(0)})
+  os.makedirs(tmp_path / 'logs_900')  # not a checkpoint at all
+  np.testing.assert_array_equal(_restored_kernel(tmp_path), _linen_params(200)['kernel'])
+  np.testing.assert_array_equal(_restored_kernel(tmp_path, step=100),
+                                _linen_params(100)['kernel'])
+  with pytest.raises(FileNotFoundError, match=r'has no step 20240101; steps: \[100, 200\]'):
+    _restored_kernel(tmp_path, step=20240101)
+
+
+def test_prefixed_steps_and_a_second_prefix(tmp_path):
+  options = ocp.CheckpointManagerOptions(step_prefix='checkpoint')
+  with ocp.CheckpointManager(tmp_path, options=options) as manager:
+    for step in (1, 2):
+      manager.save(step, args=ocp.args.StandardSave({'params': _linen_params(step)}))
+  os.makedirs(tmp_path / 'export_20240101')  # not a checkpoint: ignored
+  np.testing.assert_array_equal(_restored_kernel(tmp_path), _linen_params(2)['kernel'])
+  _save_tree(tmp_path / 'backup_7', {'params': _linen_params(7)})
+  with pytest.raises(ValueError, match=r"several prefixes \['backup_<step>', "
+                                       r"'checkpoint_<step>'\]; pass the directory"):
+    _restored_kernel(tmp_path)
+  np.testing.assert_array_equal(_restored_kernel(tmp_path / 'backup_7'),
+                                _linen_params(7)['kernel'])

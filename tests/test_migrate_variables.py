@@ -131,6 +131,49 @@ def test_digit_keys_are_list_indices_in_the_state_and_strings_in_linen():
   assert list(state_to_linen(state)['params']['layers']) == ['0', '1']
 
 
+# Any string a Linen dict can hold as a key: digits with and without leading zeros, the
+# empty string, '/', '.', non-ASCII digits.
+ANY_KEYS = st.one_of(st.from_regex(r'0*[0-9]{1,3}', fullmatch=True), st.text(max_size=4),
+                     st.sampled_from(['', '0', '00', '/', 'a/b', '.', '\u0661', '\u00b2']))
+any_trees = st.recursive(
+  st.one_of(st.just({}), st.integers(0, 99).map(lambda i: jnp.full((2,), i, jnp.int32))),
+  lambda c: st.dictionaries(ANY_KEYS, c, min_size=1, max_size=3), max_leaves=8)
+any_linen_variables = st.dictionaries(
+  st.sampled_from(COLLECTIONS), st.dictionaries(ANY_KEYS, any_trees, min_size=1, max_size=3),
+  min_size=1, max_size=1)  # one collection: paths in two collections are an error
+
+
+def same_tree(a, b) -> bool:
+  """Equal keys (types too, in any order: a State sorts them), nesting, empty dicts and
+  values."""
+  if isinstance(a, dict) or isinstance(b, dict):
+    return isinstance(a, dict) and isinstance(b, dict) and \
+      sorted((type(k).__name__, k) for k in a) == sorted((type(k).__name__, k) for k in b) \
+      and all(same_tree(a[k], b[k]) for k in a)
+  return a.dtype == b.dtype and bool((a == b).all())
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(any_linen_variables)
+def test_every_linen_key_and_empty_dict_round_trips(variables):
+  assert same_tree(state_to_linen(linen_to_state(variables)), variables)
+
+
+def test_digit_keys_with_leading_zeros_stay_strings():
+  variables = {'params': {'01': {'w': jnp.ones(1)}, '1': {'w': jnp.zeros(1)},
+                          '007': {'w': jnp.full(2, 7.0)}, 'empty': {}}}
+  state = linen_to_state(variables)
+  assert sorted(state.keys(), key=str) == ['007', '01', 1, 'empty']
+  assert same_tree(state_to_linen(state), variables)
+
+
+def test_a_key_holding_a_slash_with_rules_is_an_error():
+  variables = {'params': {'a/b': {'w': jnp.ones(1)}}}
+  assert same_tree(state_to_linen(linen_to_state(variables)), variables)  # no rules: kept
+  with pytest.raises(ValueError, match="the key 'a/b' of 'params/a/b/w' would be split"):
+    linen_to_state(variables, rules={'w': 'kernel'})
+
+
 # -- ToNNX --------------------------------------------------------------------------------
 class LinenBlock(nn.Module):
   @nn.compact
@@ -373,6 +416,25 @@ def test_bad_rules_and_inputs_are_clear_errors(linen_mlp):
     load_linen_variables(MLP(nnx.Rngs(1)), {**variables, 'step': 3}, rules=RULES)
   with pytest.raises(ValueError, match="match must be 'path' or 'structure'"):
     load_linen_variables(MLP(nnx.Rngs(1)), variables, match='shapes')
+
+
+def test_a_rule_whose_replacement_does_not_fit_names_the_rule(linen_mlp):
+  _, variables = linen_mlp
+  with pytest.raises(ValueError, match=re.escape(
+      "Rename rule 'Dense_(\\\\d+)': 'layers/\\\\2' is not a valid replacement for it: invalid "
+      'group reference 2')):
+    load_linen_variables(MLP(nnx.Rngs(1)), variables, rules={r'Dense_(\d+)': r'layers/\2'})
+  with pytest.raises(ValueError, match=r"Rename rule 'nothing_matches': .*unknown group name 'x'"):
+    rename_path('params/a', {'nothing_matches': r'\g<x>'})  # checked even without a match
+
+
+def test_a_target_that_is_not_a_module_is_a_type_error(linen_mlp):
+  _, variables = linen_mlp
+  for target in (None, variables):
+    with pytest.raises(TypeError, match='target is not a Module'):
+      load_linen_variables(target, variables)
+  with pytest.raises(TypeError, match='target is not a Module'):
+    match_variables(variables, None)
 
 
 def test_rename_rules_match_whole_keys_in_order():

@@ -443,6 +443,16 @@ def test_calling_before_lazy_init_is_an_error():
     bridge.ToNNX(AutoEncoder(), rngs=bridge.Rngs(0)).encode(X)
 
 
+def test_rngs_and_module_of_the_wrong_type_are_errors_naming_them():
+  with pytest.raises(TypeError, match=r"ToNNX\(Dense\): rngs must be a bridge.Rngs, a JAX key "
+                                      r"or None, got str 'x'"):
+    bridge.ToNNX(nn.Dense(4), rngs='x')
+  with pytest.raises(TypeError, match=r'ToNNX: module must be a flax.linen Module, got Linear'):
+    bridge.ToNNX(bridge.Linear(2, 3, rngs=bridge.Rngs(0)), rngs=bridge.Rngs(0))
+  for rngs in (None, jax.random.key(0), bridge.Rngs(0)):  # what flax accepts
+    bridge.ToNNX(nn.Dense(4), rngs=rngs)
+
+
 def test_a_call_that_creates_params_outside_init_is_an_error():
   class Grows(nn.Module):
     @nn.compact

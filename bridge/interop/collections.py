@@ -26,11 +26,13 @@ from bridge.variables import Variable, variable_name_from_type
 Path = tuple
 
 
-def _flat(tree: tp.Mapping, prefix: Path = (), is_leaf=lambda x: False) -> dict[Path, tp.Any]:
+def _flat(tree: tp.Mapping, prefix: Path = (), is_leaf=lambda x: False,
+          keep_empty: bool = False) -> dict[Path, tp.Any]:
+  """``{path: leaf}``; with ``keep_empty`` an empty mapping below the top is a leaf too."""
   out = {}
   for k, v in tree.items():
-    if isinstance(v, tp.Mapping) and not is_leaf(v):
-      out.update(_flat(v, (*prefix, k), is_leaf))
+    if isinstance(v, tp.Mapping) and not is_leaf(v) and not (keep_empty and not v):
+      out.update(_flat(v, (*prefix, k), is_leaf, keep_empty))
     else:
       out[(*prefix, k)] = v
   return out
@@ -48,11 +50,13 @@ def _nest(flat: tp.Mapping[Path, tp.Any]) -> dict:
 
 def linen_to_tree(variables: tp.Mapping) -> dict:
   """Nested dicts of Variables (paths without the collection) from Linen variables; a path
-  present in two collections is an error naming both."""
+  present in two collections is an error naming both. An empty dict inside a collection
+  becomes a Variable of that collection holding ``{}``, so it comes back."""
   flat: dict[Path, Variable] = {}
   where: dict[Path, str] = {}
   for collection, values in variables.items():
-    for path, x in _flat(values, is_leaf=lambda v: isinstance(v, meta.AxisMetadata)).items():
+    for path, x in _flat(values, is_leaf=lambda v: isinstance(v, meta.AxisMetadata),
+                         keep_empty=True).items():
       if path in flat:
         raise ValueError(
           f'Linen variable {"/".join(map(str, path))!r} is in both collections '

@@ -78,6 +78,13 @@ class ToNNX(Module):
   module's call, what that call may change. See the module docstring for an example."""
 
   def __init__(self, module: nn.Module, rngs: Rngs | jax.Array | None = None):
+    if not isinstance(module, nn.Module):
+      raise TypeError(f'ToNNX: module must be a flax.linen Module, got '
+                      f'{type(module).__name__} {module!r:.80}.')
+    if not (rngs is None or isinstance(rngs, (Rngs, jax.Array))):
+      raise TypeError(f'ToNNX({type(module).__name__}): rngs must be a bridge.Rngs, a JAX '
+                      f'key or None, got {type(rngs).__name__} {rngs!r:.80}; e.g. '
+                      'rngs=bridge.Rngs(0).')
     self.to_nnx__module = module
     self.to_nnx__rngs = rngs.fork() if isinstance(rngs, Rngs) else (
       Rngs(params=rngs) if isinstance(rngs, jax.Array) else rngs)

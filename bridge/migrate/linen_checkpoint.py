@@ -53,29 +53,51 @@ def _is_pytree(path: epath.Path) -> bool:
 
 
 def find_pytree_item(path: str | os.PathLike, step: int | None = None) -> epath.Path:
-  """The directory of the saved tree: ``path`` itself when it is one; the one tree item
-  in ``path`` when it is a step directory; otherwise ``path`` is a ``CheckpointManager``
-  directory, and it is the one tree item of step ``step`` (by default the latest complete
-  step)."""
+  """The directory of the saved tree: ``path`` itself when it is one; when ``path`` holds
+  checkpoint steps (``_steps``), the tree of step ``step`` (by default the latest);
+  otherwise ``path`` is a step directory, and it is its one tree item."""
   path = epath.Path(os.path.abspath(path))
   if not path.is_dir():
     raise FileNotFoundError(f'No checkpoint at {os.fspath(path)!r}.')
-  if _is_pytree(path) or step is None and _items(path):
+  steps = {} if _is_pytree(path) else _steps(path)
+  if not steps:
+    if not (_is_pytree(path) or _items(path)):
+      raise FileNotFoundError(
+        f'{os.fspath(path)!r} is neither an orbax tree checkpoint nor a directory of '
+        f'complete checkpoint steps (entries: {sorted(p.name for p in path.iterdir())}).')
     if step is not None:
       raise ValueError(f'{os.fspath(path)!r} is a single checkpoint; step={step} is for a '
                        'directory of steps.')
-    return path if _is_pytree(path) else _one_item(path)
-  steps = {int(m[1]): p for p in path.iterdir()
-           if (m := re.fullmatch(r'(?:.*_)?(\d+)', p.name)) and p.is_dir()}
-  if not steps:
-    raise FileNotFoundError(
-      f'{os.fspath(path)!r} is neither an orbax tree checkpoint nor a directory of complete '
-      f'checkpoint steps (entries: {sorted(p.name for p in path.iterdir())}).')
+    return _tree_of(path)
   if step is None:
     step = max(steps)
   if step not in steps:
     raise FileNotFoundError(f'{os.fspath(path)!r} has no step {step}; steps: {sorted(steps)}.')
-  return _one_item(steps[step])
+  return _tree_of(steps[step])
+
+
+def _tree_of(path: epath.Path) -> epath.Path:
+  """``path`` when it is a tree checkpoint, else its one tree item."""
+  return path if _is_pytree(path) else _one_item(path)
+
+
+def _steps(path: epath.Path) -> dict[int, epath.Path]:
+  """``{step: directory}`` of the checkpoint steps in ``path``: the directories that hold
+  a complete orbax checkpoint and are named as orbax names steps, ``<step>`` (the
+  ``CheckpointManager`` default) or else ``<prefix>_<step>`` with one prefix (as
+  ``step_prefix`` and flax's ``checkpoint_<step>`` name them). Other directories (an
+  ``export_20240101`` beside the steps) are not steps; two prefixes are an error."""
+  named: dict[str, dict[int, epath.Path]] = defaultdict(dict)
+  for p in path.iterdir():
+    m = re.fullmatch(r'(?:(.+)_)?(\d+)', p.name)
+    if m and p.is_dir() and (_is_pytree(p) or _items(p)):
+      named[m[1] or ''][int(m[2])] = p
+  if '' in named or len(named) <= 1:
+    return named.get('', next(iter(named.values()), {}))
+  raise ValueError(
+    f'{os.fspath(path)!r} holds checkpoint steps with several prefixes '
+    f'{sorted(f"{prefix}_<step>" for prefix in named)}; pass the directory of the step to '
+    'restore as path.')
 
 
 def _items(step_dir: epath.Path) -> list[epath.Path]:

@@ -3,10 +3,11 @@
 ``linen_to_state`` and ``state_to_linen`` convert without loss (values, dtypes, metadata
 boxes: ``nn.Partitioned`` comes back as the same ``nn.Partitioned``), optionally renaming
 paths with rules (``bridge.migrate.rename``); keys that are all digits become ints in the
-State (list indices) and strings again in Linen. ``load_linen_variables`` writes Linen
-variables into an existing model (a ``ToNNX`` wrapper, or a hand-ported model with its own
-names, paired by rules or by structure); ``to_linen_variables`` gives a model's Variables
-as Linen variables.
+State (list indices) and strings again in Linen, as long as the int gives the same string
+back (``'01'`` and ``'007'`` stay strings); an empty dict inside a collection is kept.
+``load_linen_variables`` writes Linen variables into an existing model (a ``ToNNX``
+wrapper, or a hand-ported model with its own names, paired by rules or by structure);
+``to_linen_variables`` gives a model's Variables as Linen variables.
 
 >>> import jax, jax.numpy as jnp
 >>> import flax.linen as nn
@@ -47,7 +48,7 @@ from bridge.migrate.matching import (
   renamed_path,
 )
 from bridge.migrate.rename import Rules, compile_rules
-from bridge.state import State, restore_int_paths
+from bridge.state import State
 from bridge.variables import Variable, variable_name_from_type
 
 
@@ -103,7 +104,14 @@ def linen_to_state(variables: tp.Mapping, *, rules: Rules | None = None) -> Stat
   """
   if rules:
     variables = _rename_linen(variables, rules)
-  return State(restore_int_paths(linen_to_tree(variables)))
+  return State(_int_keys(linen_to_tree(variables)))
+
+
+def _int_keys(tree: tp.Mapping) -> dict:
+  """The tree with keys that spell an int exactly (``'0'``, ``'12'``; not ``'01'``) made
+  ints: list indices in the State, strings again in ``state_to_linen``."""
+  return {int(k) if isinstance(k, str) and k.isascii() and k.isdigit() and str(int(k)) == k
+          else k: _int_keys(v) if isinstance(v, tp.Mapping) else v for k, v in tree.items()}
 
 
 def state_to_linen(state: tp.Mapping, *, rules: Rules | None = None) -> dict:

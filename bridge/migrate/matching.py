@@ -39,6 +39,7 @@ from bridge.interop.metadata import to_nnx_var
 from bridge.migrate.errors import VariableMatchError
 from bridge.migrate.rename import Rules, apply_rules, compile_rules
 from bridge.migrate.structure import match_structure
+from bridge.module import Module
 from bridge.rngs import RngState
 from bridge.state import State
 from bridge.variables import Variable, variable_name_from_type
@@ -93,8 +94,16 @@ def linen_items(variables: tp.Mapping) -> tp.Iterator[tuple[str, tuple, tp.Any]]
 
 def renamed_path(collection: str, path: tuple, compiled) -> tuple[str, ...]:
   """The path (without the collection) that ``compiled`` rules give ``collection/path``;
-  rules may rename keys but not the collection."""
+  rules may rename keys but not the collection. Without rules the path is kept as it is;
+  with rules (which rewrite ``'/'``-joined strings) a key holding ``'/'`` is an error."""
+  if not compiled:
+    return tuple(path)
   name = path_str((collection, *path))
+  slashed = [k for k in path if '/' in k]
+  if slashed:
+    raise ValueError(f'Rename rules rewrite paths joined with "/", so the key {slashed[0]!r} '
+                     f'of {name!r} would be split; rename it in the Linen variables first, or '
+                     'pass no rules.')
   renamed = apply_rules(name, compiled).split('/')
   if renamed[0] != collection or len(renamed) < 2:
     raise ValueError(
@@ -117,7 +126,12 @@ def linen_leaves(variables: tp.Mapping, rules: Rules | None = None) -> list[Leaf
 
 
 def model_leaves(target) -> list[Leaf]:
-  """The Variables of a Module (or State), RNG state left out, matched on their paths."""
+  """The Variables of a Module (or State), RNG state left out, matched on their paths;
+  any other ``target`` is a ``TypeError``."""
+  if not isinstance(target, (Module, State)):
+    raise TypeError(f'target is not a Module (or a State of Variables): got '
+                    f'{type(target).__name__} {target!r:.80}. Pass the bridge model to load '
+                    'into (e.g. MyModel(rngs=nnx.Rngs(0))).')
   flat = target.flat_state() if isinstance(target, State) else graph_state(target).flat_state()
   leaves = []
   for path, var in flat:

@@ -25,17 +25,24 @@ Rules = tp.Mapping[str, str] | tp.Sequence[tuple[str, str]]
 
 def compile_rules(rules: Rules | None) -> tuple[tuple[re.Pattern, str], ...]:
   """The rules as ``(compiled pattern, replacement)`` pairs; a pattern that does not
-  compile is an error naming it."""
+  compile, or a replacement that does not fit its pattern (a group it does not have), is
+  an error naming the rule."""
   if not rules:
     return ()
   pairs = rules.items() if isinstance(rules, tp.Mapping) else rules
   compiled = []
   for pattern, replacement in pairs:
     try:
-      compiled.append((re.compile(rf'(?<![^/])(?:{pattern})(?![^/])'), replacement))
+      regex = re.compile(rf'(?<![^/])(?:{pattern})(?![^/])')
     except re.error as e:
       raise ValueError(f'Rename rule {pattern!r} is not a valid regular expression: {e}') \
         from None
+    try:
+      regex.sub(replacement, '')  # parses the replacement, whether or not anything matches
+    except (re.error, IndexError) as e:
+      raise ValueError(f'Rename rule {pattern!r}: {replacement!r} is not a valid replacement '
+                       f'for it: {e}') from None
+    compiled.append((regex, replacement))
   return tuple(compiled)
 
 
