@@ -138,6 +138,7 @@ from bridge.transforms.autodiff import DiffState, grad, value_and_grad
 from bridge.transforms.iteration import Carry, StateAxes, scan, vmap
 from bridge.transforms.jit import jit
 from bridge.transforms.vjp import jvp, vjp
+from bridge.transforms.custom_vjp import custom_vjp
 from bridge.transforms.lift import (
   checkpoint,
   cond,
