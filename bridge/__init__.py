@@ -109,7 +109,7 @@ from bridge.nn.recurrent import (
 )
 from bridge.nn.weight_norms import SpectralNorm, WeightNorm
 from bridge.object import Object
-from bridge.optimizer import OptArray, Optimizer, OptState, OptVariable
+from bridge.optimizer import ModelAndOptimizer, OptArray, Optimizer, OptState, OptVariable
 from bridge.rngs import (
   RngCount,
   RngKey,

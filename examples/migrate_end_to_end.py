@@ -151,8 +151,8 @@ def main(argv=None) -> float:
     bridge_dir = pathlib.Path(workdir) / 'bridge'
     saved = save_checkpoint(bridge_dir, {'model': port, 'optimizer': optimizer})
     fresh = Classifier(rngs=bridge.Rngs(2))
-    restore_checkpoint(bridge_dir, {'model': fresh,
-                                    'optimizer': bridge.Optimizer(fresh, optax.adam(1e-2))})
+    restore_checkpoint(bridge_dir, {
+      'model': fresh, 'optimizer': bridge.Optimizer(fresh, optax.adam(1e-2), wrt=bridge.Param)})
     fresh.eval()
     same = bool((fresh(x_test) == port(x_test)).all())
     print(f'6. saved the bridge model and optimizer (step {saved}) and restored them into a '

@@ -1,6 +1,8 @@
 """Tests for ``bridge.Optimizer``: optax state as Variables, exact agreement with plain
 optax and with flax.nnx.Optimizer, ``wrt`` filters, use inside ``bridge.jit``."""
 
+import inspect
+
 import flax.nnx as fnnx
 import jax
 import jax.numpy as jnp
@@ -98,7 +100,12 @@ def test_state_is_kept_as_variables():
   assert isinstance(optimizer.step, nnx.OptState)
   assert optimizer.step.value.dtype == jnp.uint32 and int(optimizer.step.value) == 0
   leaves = jax.tree.leaves(optimizer.opt_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
-  assert leaves and all(isinstance(v, nnx.OptArray) for v in leaves)
+  # as in flax.nnx: statistics mirroring a parameter are OptVariables, the rest OptArrays
+  ref = fnnx.Optimizer(fnnx.Linear(3, 2, rngs=fnnx.Rngs(0)), optax.adam(1e-3), wrt=fnnx.Param)
+  ref_leaves = jax.tree.leaves(ref.opt_state, is_leaf=lambda v: isinstance(v, fnnx.Variable))
+  assert [type(v).__name__ for v in leaves] == [type(v).__name__ for v in ref_leaves]
+  assert isinstance(optimizer.opt_state[0].count, nnx.OptArray)
+  assert isinstance(optimizer.opt_state[0].mu['kernel'], nnx.OptVariable)
   assert issubclass(nnx.OptArray, nnx.OptState)
   # the optimizer's state is visible to the graph API as OptState
   opt_state = nnx.state(optimizer, nnx.OptState)
@@ -312,3 +319,117 @@ def test_train_step_with_donation_matches_flax_nnx():
   assert losses == ref_losses
   np.testing.assert_array_equal(kernel, ref_kernel)
   np.testing.assert_array_equal(var, ref_var)
+
+
+# -- optax state as State: partition, multi_transform, lbfgs (as in flax.nnx) -------------
+def _labels(params):
+  """'frozen' for the bias, 'trained' for the kernel: a State like the params."""
+  return jax.tree.map_with_path(lambda p, _: 'frozen' if p[0].key == 'bias' else 'trained',
+                                params)
+
+
+@pytest.mark.parametrize('make_tx', [
+  lambda: optax.multi_transform({'trained': optax.adam(1e-2), 'frozen': optax.set_to_zero()},
+                                _labels),
+  lambda: optax.partition({'trained': optax.adam(1e-2), 'frozen': optax.set_to_zero()},
+                          _labels),
+], ids=['multi_transform', 'partition'])
+def test_labelled_transforms_see_a_state_and_match_flax(make_tx):
+  x, y = x34(), y42()
+  results = []
+  for lib in (nnx, fnnx):
+    model = lib.Linear(3, 2, rngs=lib.Rngs(0))
+    optimizer = lib.Optimizer(model, make_tx(), wrt=lib.Param)
+    bias0 = np.asarray(model.bias[...])
+    for _ in range(2):
+      optimizer.update(model, lib.grad(linear_loss)(model, x, y))
+    np.testing.assert_array_equal(model.bias[...], bias0)  # the 'frozen' label held
+    results.append(model)
+  np.testing.assert_array_equal(results[0].kernel[...], results[1].kernel[...])
+  assert not np.array_equal(results[0].kernel[...], nnx.Linear(3, 2, rngs=nnx.Rngs(0)).kernel[...])
+
+
+def test_lbfgs_gets_value_grad_and_value_fn_and_matches_flax():
+  x, y = x34(), y42()
+  runs = []
+  for lib in (nnx, fnnx):
+    model = lib.Linear(3, 2, rngs=lib.Rngs(0))
+    optimizer = lib.Optimizer(model, optax.lbfgs(), wrt=lib.Param)
+    graphdef, _ = lib.split(model)
+
+    def value_fn(params, lib=lib, graphdef=graphdef):
+      return linear_loss(lib.merge(graphdef, params), x, y)
+
+    @lib.jit
+    def step(model, optimizer, lib=lib, value_fn=value_fn):
+      value, grads = lib.value_and_grad(linear_loss)(model, x, y)
+      optimizer.update(model, grads, grad=grads, value=value, value_fn=value_fn)
+      return value
+
+    runs.append(([float(step(model, optimizer)) for _ in range(3)], model))
+  (losses, model), (ref_losses, ref) = runs
+  assert losses == ref_losses and losses[-1] < losses[0] / 4
+  np.testing.assert_array_equal(model.kernel[...], ref.kernel[...])
+
+
+# -- parameter metadata (sharding) kept in the optimizer state ----------------------------
+class Sharded:
+  """A model whose Params carry out_sharding (built per library)."""
+
+  @staticmethod
+  def make(lib):
+    class Model(lib.Module):
+      def __init__(self, rngs):
+        init = lib.with_partitioning(lib.initializers.lecun_normal(), ('a', 'b'))
+        self.w = lib.Param(init(rngs.params(), (4, 8)))
+        self.b = lib.Param(jnp.zeros(8), optimizer_sharding=('b',))
+
+      def __call__(self, x):
+        return x @ self.w + self.b
+    return Model(lib.Rngs(0))
+
+
+def test_moments_keep_the_params_partition_spec_like_flax():
+  mesh = jax.make_mesh((2, 4), ('a', 'b'))
+  specs = []
+  with jax.set_mesh(mesh):
+    for lib in (nnx, fnnx):
+      model = Sharded.make(lib)
+      optimizer = lib.Optimizer(model, optax.adam(1e-2), wrt=lib.Param)
+      spec = lib.get_partition_spec(lib.state(optimizer))
+      specs.append(spec)
+      mu = spec['opt_state'][0]['mu']
+      assert mu['w'].get_value() == lib.get_partition_spec(lib.state(model))['w'].get_value()
+      assert mu['w'].get_value() == jax.P('a', 'b')
+      # optimizer_sharding is the moments' out_sharding
+      assert mu['b'].get_value() == jax.P('b')
+      assert type(optimizer.opt_state[0].mu['w']).__name__ == 'OptVariable'
+  ours, theirs = (jax.tree.leaves(s, is_leaf=lambda v: isinstance(v, jax.P)) for s in specs)
+  assert ours == theirs
+
+
+def test_model_and_optimizer_and_missing_arguments_like_flax():
+  x, y = x34(), y42()
+  models = []
+  for lib in (nnx, fnnx):
+    state = lib.ModelAndOptimizer(lib.Linear(3, 2, rngs=lib.Rngs(0)), optax.adam(1e-2))
+    state.update(lib.grad(linear_loss)(state.model, x, y))
+    assert int(state.step[...]) == 1
+    models.append(state.model)
+    optimizer = lib.Optimizer(state.model, optax.sgd(0.1), wrt=lib.Param)
+    with pytest.raises(AttributeError, match='ModelAndOptimizer'):
+      _ = optimizer.model
+    with pytest.raises(TypeError, match='wrt'):
+      lib.Optimizer(state.model, optax.sgd(0.1))
+  np.testing.assert_array_equal(models[0].kernel[...], models[1].kernel[...])
+  for name in ('Optimizer', 'ModelAndOptimizer'):
+    for method in ('__init__', 'update'):
+      ours = inspect.signature(getattr(getattr(nnx, name), method))
+      theirs = inspect.signature(getattr(getattr(fnnx, name), method))
+      assert _described(ours) == _described(theirs), (name, method)
+
+
+def _described(signature):
+  """Names, kinds and defaults (a class default by its name: ours is bridge's Param)."""
+  return [(p.name, p.kind, getattr(p.default, '__name__', p.default))
+          for p in signature.parameters.values()]
