@@ -132,10 +132,11 @@ class Average(Metric):
 class Statistics:
   """What ``Welford.compute()`` returns (a pytree).
 
-  >>> import jax.numpy as jnp
+  >>> import jax, jax.numpy as jnp
   >>> import bridge as nnx
-  >>> nnx.metrics.Statistics(jnp.array(1.0), jnp.array(0.0), jnp.array(0.0)).mean
-  Array(1., dtype=float32)
+  >>> stats = nnx.metrics.Statistics(jnp.float32(1), jnp.float32(0), jnp.float32(0))
+  >>> jax.tree.leaves(jax.tree.map(lambda x: x + 1, stats))
+  [Array(2., dtype=float32), Array(1., dtype=float32), Array(1., dtype=float32)]
   """
   mean: jax.Array
   standard_error_of_mean: jax.Array
