@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import checkify
 
 import bridge as nnx
 
@@ -114,4 +115,95 @@ def test_jvp_tangent_of_another_structure_is_an_error():
 
 @pytest.mark.parametrize('name', ['vjp', 'jvp'])
 def test_signatures_match_flax(name):
+  assert_same_signature(name)
+
+
+# -- checkify ------------------------------------------------------------------------------
+def checked(m, x):
+  checkify.check(jnp.all(x > 0), 'x must be positive, got {}', x[0, 0])
+  return m(x)
+
+
+def test_checkify_over_a_module_matches_flax_and_writes_back():
+  from jax.experimental import checkify as checkify_lib
+  assert checkify_lib.user_checks == inspect.signature(nnx.checkify).parameters['errors'].default
+  m, fm = Counted.make(nnx), Counted.make(fnnx)
+  for x in (x23() + 1.0, -jnp.ones((2, 3))):
+    err, out = nnx.jit(nnx.checkify(checked))(m, x)
+    e_err, e_out = fnnx.jit(fnnx.checkify(checked))(fm, x)
+    assert err.get() == e_err.get()
+    np.testing.assert_array_equal(out, e_out)
+  assert err.get() is not None and 'x must be positive, got -1.0' in err.get()
+  assert float(m.calls.value) == float(fm.calls.value) == 2.0
+
+
+def test_checkify_with_jax_error_kinds():
+  from jax.experimental import checkify as checkify_lib
+  def f(m, i):
+    return m(x23())[i]
+  m, fm = nnx.Linear(3, 2, rngs=nnx.Rngs(0)), fnnx.Linear(3, 2, rngs=fnnx.Rngs(0))
+  err, _ = nnx.checkify(f, errors=checkify_lib.index_checks)(m, 5)
+  e_err, _ = fnnx.checkify(f, errors=checkify_lib.index_checks)(fm, 5)
+  assert err.get() is not None and err.get() == e_err.get()
+
+
+# -- make_jaxpr ----------------------------------------------------------------------------
+def test_make_jaxpr_equals_flax_and_needs_graph_updates_false():
+  m, fm = Counted.make(nnx), Counted.make(fnnx)
+  ours = nnx.make_jaxpr(loss, graph_updates=False)(m, x23())
+  theirs = fnnx.make_jaxpr(loss, graph_updates=False)(fm, x23())
+  assert str(ours) == str(theirs)
+  assert float(m.calls.value) == 0.0  # tracing writes nothing back
+  static = nnx.make_jaxpr(lambda m, x, k: loss(m, x) * k, graph_updates=False,
+                          static_argnums=2)(m, x23(), 3.0)
+  e_static = fnnx.make_jaxpr(lambda m, x, k: loss(m, x) * k, graph_updates=False,
+                             static_argnums=2)(fm, x23(), 3.0)
+  assert str(static) == str(e_static)
+  for lib in (nnx, fnnx):
+    with pytest.raises(ValueError, match='does not support graph_updates=True'):
+      lib.make_jaxpr(loss)
+
+
+# -- cached_partial / jit_partial ----------------------------------------------------------
+def train_step(lib):
+  def step(model, optimizer, x, y):
+    def loss_fn(model):
+      return jnp.mean((model(x) - y) ** 2)
+    value, grads = lib.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return value
+  return step
+
+
+def _models_and_optimizers():
+  import optax
+  out = []
+  for lib in (nnx, fnnx):
+    model = lib.Linear(2, 3, rngs=lib.Rngs(0))
+    out.append((model, lib.Optimizer(model, optax.adamw(1e-2), wrt=lib.Param)))
+  return out
+
+
+def test_cached_partial_train_steps_match_flax():
+  (m, opt), (fm, fopt) = _models_and_optimizers()
+  step = nnx.cached_partial(nnx.jit(train_step(nnx)), m, opt)
+  e_step = fnnx.cached_partial(fnnx.jit(train_step(fnnx)), fm, fopt)
+  x, y = jnp.ones((4, 2)), jnp.linspace(0, 1, 12).reshape(4, 3)
+  for _ in range(3):
+    np.testing.assert_array_equal(step(x, y), e_step(x, y))
+  np.testing.assert_array_equal(m.kernel.value, fm.kernel.value)
+
+
+def test_jit_partial_train_steps_match_flax():
+  (m, opt), (fm, fopt) = _models_and_optimizers()
+  step = nnx.jit_partial(train_step(nnx), m, opt)
+  e_step = fnnx.jit_partial(train_step(fnnx), fm, fopt, graph=False)
+  x, y = jnp.ones((4, 2)), jnp.linspace(0, 1, 12).reshape(4, 3)
+  for _ in range(3):
+    np.testing.assert_array_equal(step(x, y), e_step(x, y))
+  np.testing.assert_array_equal(m.bias.value, fm.bias.value)
+
+
+@pytest.mark.parametrize('name', ['checkify', 'make_jaxpr', 'cached_partial', 'jit_partial'])
+def test_more_signatures_match_flax(name):
   assert_same_signature(name)
