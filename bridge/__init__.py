@@ -139,6 +139,9 @@ from bridge.transforms.iteration import Carry, StateAxes, scan, vmap
 from bridge.transforms.jit import jit
 from bridge.transforms.vjp import jvp, vjp
 from bridge.transforms.custom_vjp import custom_vjp
+from bridge.transforms.checkify import checkify
+from bridge.transforms.make_jaxpr import make_jaxpr
+from bridge.transforms.partial import cached_partial, jit_partial
 from bridge.transforms.lift import (
   checkpoint,
   cond,
