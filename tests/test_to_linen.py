@@ -5,8 +5,10 @@ The reference is ``flax.nnx.bridge.ToLinen`` wrapping the same Module written wi
 exactly. Beyond flax: ``apply`` does not run the Module's initializers again.
 """
 
+import re
 import uuid
 
+import flax.errors
 import flax.linen as nn
 import flax.nnx as fnnx
 import jax
@@ -385,3 +387,69 @@ def test_a_variable_type_without_a_collection_name_is_an_error():
   bridge.to_linen(Holds, first).init(jax.random.key(0), X)  # named after its class
   with pytest.raises(ValueError, match=rf"(?s)Variable at 'v'.*'{name}'.*register_variable_name"):
     bridge.to_linen(Holds, second).init(jax.random.key(0), X)
+
+
+def test_init_without_a_params_rng_raises_as_linen_does():
+  class Two(nn.Module):
+    """Two sibling layers: a fixed fallback key would give them identical weights."""
+    @nn.compact
+    def __call__(self, x):
+      return bridge.to_linen(bridge.Linear, 3, 4)(x) + bridge.to_linen(bridge.Linear, 3, 4)(x)
+
+  for rngs in ({}, {'dropout': jax.random.key(1)}):
+    with pytest.raises(flax.errors.InvalidRngError, match='needs PRNG for "params"'):
+      nn.Dense(4).init(rngs, X)  # Linen
+    with pytest.raises(flax.errors.InvalidRngError,
+                       match=r'ToLinen_0 \(ToLinen\(Linear\)\) needs PRNG for "params"'):
+      Two().init(rngs, X)
+  params = Two().init(jax.random.key(0), X)['params']
+  assert not np.array_equal(params['ToLinen_0']['kernel'], params['ToLinen_1']['kernel'])
+  # a Module that takes no key from Linen needs no rng
+  fixed = bridge.to_linen(bridge.Linear, 3, 4, skip_rng=True, rngs=bridge.Rngs(0))
+  np.testing.assert_array_equal(fixed.init({}, X)['params']['kernel'],
+                                bridge.Linear(3, 4, rngs=bridge.Rngs(0)).kernel[...])
+
+
+def test_apply_checks_every_incoming_shape_as_linen_does():
+  model = bridge.to_linen(bridge.Linear, 3, 4)
+  variables = model.init(jax.random.key(0), X)
+  kernel, bias = variables['params']['kernel'], variables['params']['bias']
+  cases = [
+    ({'kernel': jnp.ones((4, 1)), 'bias': bias}, "'params/kernel' has shape (4, 1), but the "
+                                                 'module expects shape (3, 4)'),
+    ({'kernel': kernel, 'bias': jnp.ones(1)}, "'params/bias' has shape (1,), but the module "
+                                              'expects shape (4,)'),
+    ({'kernel': kernel, 'bias': None}, "'params/bias' has no array (None), but the module "
+                                       'expects shape (4,)'),
+  ]
+  for params, message in cases:
+    with pytest.raises(flax.errors.ScopeParamShapeError, match=re.escape(message)):
+      model.apply({'params': params}, X)
+    if params['bias'] is not None:  # the same variables in the Linen layer: the same type
+      with pytest.raises(flax.errors.ScopeParamShapeError):
+        nn.Dense(4).apply({'params': params}, X)
+  # a batch_stats variable is checked too; the right shapes still apply
+  block = bridge.to_linen(Block, 3, 5)
+  block_vars = block.init(INIT_RNGS, X)
+  bad = {**block_vars, 'batch_stats': {**block_vars['batch_stats'], 'mean': jnp.zeros(4)}}
+  with pytest.raises(flax.errors.ScopeParamShapeError, match="'batch_stats/mean' has shape"):
+    block.apply(bad, X, rngs=INIT_RNGS)
+  np.testing.assert_array_equal(model.apply(variables, X), X @ kernel + bias)
+
+
+def test_linen_inside_checks_its_own_shapes_for_any_input_size():
+  """Variables of a ToNNX inside depend on the input: the Linen module checks them."""
+  class Wraps(bridge.Module):
+    def __init__(self, *, rngs):
+      self.dense = bridge.ToNNX(nn.Dense(2), rngs=rngs)
+
+    def __call__(self, x):
+      return self.dense(x)
+
+  model = bridge.to_linen(Wraps)
+  x5 = jnp.ones((2, 5))
+  v3, v5 = model.init(jax.random.key(0), X), model.init(jax.random.key(0), x5)
+  np.testing.assert_array_equal(model.apply(v3, X),
+                                nn.Dense(2).apply({'params': v3['params']['dense']}, X))
+  with pytest.raises(flax.errors.ScopeParamShapeError):
+    model.apply(v5, X)

@@ -23,12 +23,14 @@ which the initializers are traced once but never run.
 from __future__ import annotations
 
 import functools
+import re
 import typing as tp
 
 import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.core import FrozenDict, meta
 
 from bridge._static import hashable
@@ -43,11 +45,39 @@ from bridge.variables import Variable
 
 
 class _Template(tp.NamedTuple):
-  """A Module's structure: its GraphDef and, per leaf, its path and Variable type; and the
-  function giving the RNG state its constructor makes from Linen's keys."""
+  """A Module's structure: its GraphDef and, per leaf, its path, Variable type and value
+  layout (``_layout``; ``None`` inside a ToNNX wrapper, whose Linen module checks its own);
+  and the function giving the RNG state its constructor makes from Linen's keys."""
   graphdef: tp.Any
-  leaves: tuple  # ((path, type, tag or None), ...)
+  leaves: tuple  # ((path, type, tag or None, layout or None), ...)
   rng_state: tp.Callable[[dict], dict]
+
+
+def _shape(x) -> tuple:
+  return tuple(getattr(x, 'shape', np.shape(x)))
+
+
+def _layout(value) -> tuple:
+  """What an incoming value must match: its tree structure and the shape of each array."""
+  leaves, treedef = jax.tree.flatten(value)
+  return treedef, tuple(_shape(x) for x in leaves)
+
+
+def _describe(layout: tuple) -> str:
+  treedef, shapes = layout
+  if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+    return f'shape {shapes[0]}'
+  if not shapes:
+    return f'no array ({jax.tree.unflatten(treedef, [])!r})'
+  return f'a {treedef} of shapes {list(shapes)}'
+
+
+class _ShapeError(flax.errors.ScopeParamShapeError):
+  """An incoming variable whose shape (or tree structure) is not the Module's (the type
+  Linen raises for a parameter of the wrong shape)."""
+
+  def __init__(self, message: str):
+    Exception.__init__(self, message)  # FlaxError would add a link to a page it has not
 
 
 _TEMPLATES: dict[tp.Hashable, _Template] = {}
@@ -82,13 +112,16 @@ def _rng_state_fn(nnx_class, args, kwargs, skip_rng, stream_names) -> tp.Callabl
 
 def _template_of(module, rng_state) -> _Template:
   graphdef, leaves = flatten(module)
+  lazy = [p for p, node in iter_graph(module) if isinstance(node, ToNNX)]
   if any(not isinstance(v, Variable) for _, v in leaves):
     bad = next(p for p, v in leaves if not isinstance(v, Variable))
     raise ValueError(f'ToLinen: {type(module).__name__} holds a raw array at '
                      f'{"/".join(map(str, bad))!r}; keep module state in Variables '
                      '(e.g. bridge.Variable(array)) so it can live in a Linen collection.')
-  return _Template(graphdef, tuple((p, type(v), v._metadata.get('tag')) for p, v in leaves),
-                   rng_state)
+  return _Template(graphdef, tuple(
+    (p, type(v), v._metadata.get('tag'),
+     None if any(p[:len(w)] == w for w in lazy) else _layout(v.raw_value)) for p, v in leaves),
+    rng_state)
 
 
 def _method(module, nnx_method):
@@ -142,6 +175,25 @@ class ToLinen(nn.Module):
     return _construct(self.nnx_class, self.args, self.kwargs, self.skip_rng,
                       self._stream_names(rng_names), make_key)
 
+  def _init_module(self, rng_names: tuple[str, ...]):
+    """The Module built for ``init``. Without a ``params`` rng (and no ``default``), its
+    ``Rngs`` has only Linen's streams: a constructor that needs a key Linen did not give is
+    an ``InvalidRngError``, as in Linen (never a fixed key that sibling layers share)."""
+    if self.skip_rng or 'params' in rng_names or 'default' in rng_names:
+      return self._build(rng_names, self._stream_keys(rng_names).__getitem__)
+    keys = {name: self.make_rng(name) for name in rng_names}
+    try:
+      return _construct(self.nnx_class, self.args, self.kwargs, False, rng_names,
+                        keys.__getitem__)
+    except (AttributeError, KeyError) as e:
+      missing = re.search(r"No RNG stream '([^']*)' in Rngs", str(e))
+      if missing is None:
+        raise
+      raise flax.errors.InvalidRngError(
+        f'{self.name or type(self).__name__} (ToLinen({_name(self.nnx_class)})) needs PRNG '
+        f'for "{missing[1]}"; init got rngs for {list(rng_names)}. Pass a key: '
+        '`init(key, ...)` or `init({"params": key, ...}, ...)`.') from e
+
   def _key(self, rng_names) -> tp.Hashable:
     return hashable((self.nnx_class, tuple(self.args), dict(self.kwargs), self.skip_rng,
                      rng_names))
@@ -155,7 +207,7 @@ class ToLinen(nn.Module):
   def __call__(self, *args, nnx_method=None, **kwargs):
     rng_names = self._rng_names()
     if self.is_initializing() and not any(self.variables.values()):
-      module = self._build(rng_names, self._stream_keys(rng_names).__getitem__)
+      module = self._init_module(rng_names)
       before = {p: v.raw_value for p, v in flatten(module)[1] if isinstance(v, Variable)}
       wrappers = _lazy_wrappers(module)
       try:
@@ -197,7 +249,7 @@ class ToLinen(nn.Module):
       for path, x in _flat(values, is_leaf=lambda v: isinstance(v, meta.AxisMetadata)).items():
         incoming[path] = (collection, x)
     leaves, rng_state = [], None
-    for path, var_type, tag in template.leaves:
+    for path, var_type, tag, layout in template.leaves:
       if issubclass(var_type, RngState):
         if rng_state is None:
           rng_state = template.rng_state(self._stream_keys(rng_names))
@@ -209,7 +261,14 @@ class ToLinen(nn.Module):
           f'ToLinen({_name(self.nnx_class)}): no variable {"/".join(map(str, path))!r} in '
           f'collection {collection!r} of the incoming variables; pass the variables that '
           '`init` returned (all collections).')
-      leaves.append(to_nnx_var(collection, incoming.pop(path)[1]))
+      var = to_nnx_var(collection, incoming.pop(path)[1])
+      if layout is not None and (given := _layout(var.raw_value)) != layout:
+        raise _ShapeError(
+          f'ToLinen({_name(self.nnx_class)}): the incoming variable '
+          f'{"/".join(map(str, (collection, *path)))!r} has {_describe(given)}, but the '
+          f'module expects {_describe(layout)}; pass the variables that `init` returned for '
+          'this module.')
+      leaves.append(var)
     module = unflatten(template.graphdef, leaves)
     if incoming:
       self._attach(module, incoming)
