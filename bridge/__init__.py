@@ -109,6 +109,19 @@ from bridge.nn.recurrent import (
 )
 from bridge.nn.weight_norms import SpectralNorm, WeightNorm
 from bridge.object import Object
+from bridge import pytreelib
+from bridge.pytreelib import (
+  Data,
+  Static,
+  check_pytree,
+  data,
+  dataclass,
+  find_duplicates,
+  has_data,
+  is_data,
+  register_data_type,
+  static,
+)
 from bridge.optimizer import ModelAndOptimizer, OptArray, Optimizer, OptState, OptVariable
 from bridge.rngs import (
   RngCount,

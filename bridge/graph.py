@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from bridge._static import hashable
+from bridge.graph_mode import resolve_graph
 from bridge.object import Object, bump_structure_epoch
 from bridge.state import FlatState, State, _partition, merge_state
 from bridge.variables import Variable, _unflatten
@@ -44,7 +45,7 @@ class NodeDef(tp.NamedTuple):
   type: type
   index: int
   children: tuple  # ((key, Def), ...)
-  aux: tp.Any = None  # PyTreeDef for other pytrees
+  aux: tp.Any = None  # PyTreeDef for other pytrees; an Object's nnx.data/static markers
 
 
 class VariableDef(tp.NamedTuple):
@@ -158,7 +159,9 @@ class _Flattener:
     if isinstance(x, Object):
       i = self._new_index(x)
       children = tuple((k, self.walk(v, (*path, k))) for k, v in child_items(x))
-      return NodeDef('object', type(x), i, children)
+      explicit = vars(x).get('_object__explicit')  # nnx.data/nnx.static markers
+      return NodeDef('object', type(x), i, children,
+                     tuple(sorted(explicit.items())) if explicit else None)
     if isinstance(x, _ARRAY_TYPES):
       self.leaves.append((path, x))
       return _ARRAY_DEF
@@ -189,9 +192,15 @@ def _key_of(entry) -> tp.Hashable:
   return str(entry)
 
 
-def flatten(node) -> tuple[GraphDef, list[tuple[PathParts, tp.Any]]]:
+def flatten(node, *, graph: bool | None = None
+            ) -> tuple[GraphDef, list[tuple[PathParts, tp.Any]]]:
   """The GraphDef of ``node`` and its leaves (Variables and raw arrays) as
-  ``(path, leaf)`` pairs in walk order; each Variable once, at its first path."""
+  ``(path, leaf)`` pairs in walk order; each Variable once, at its first path.
+
+  In tree mode (``graph=False``, or ``set_graph_mode(False)``) shared references are a
+  ValueError naming their paths.
+  """
+  check_tree(node, 'flatten', graph)
   f = _Flattener()
   root = f.walk(node, ())
   return GraphDef(root), f.leaves
@@ -227,6 +236,8 @@ class _Unflattener:
     if d.kind == 'object':
       obj = object.__new__(d.type)
       self.nodes[d.index] = obj
+      if d.aux:
+        vars(obj)['_object__explicit'] = dict(d.aux)
       obj._graph_set_children({k: self.build(c, (*path, k)) for k, c in d.children})
       return obj
     values = [self.build(c, (*path, k)) for k, c in d.children]
@@ -257,7 +268,7 @@ def _fmt(path: PathParts) -> str:
 
 
 # -- the public API -----------------------------------------------------------------------
-def split(node, *filters):
+def split(node, *filters, graph: bool | None = None):
   """Splits ``node`` into its GraphDef and one State per filter.
 
   Each Variable goes to the first filter it matches; with filters given, every Variable must
@@ -269,13 +280,14 @@ def split(node, *filters):
   >>> sorted(params.keys()), len(rest)
   (['bias', 'kernel'], 0)
   """
+  check_tree(node, 'split', graph)
   graphdef, leaves = flatten(node)
   if not filters:
     return graphdef, State.from_flat_path(leaves)
   return (graphdef, *_partition(leaves, filters, strict=True))
 
 
-def state(node, *filters):
+def state(node, *filters, graph: bool | None = None):
   """The State of ``node`` (only the Variables matching a filter; a tuple for several).
 
   >>> import bridge as nnx
@@ -283,6 +295,7 @@ def state(node, *filters):
   >>> sorted(nnx.state(model, nnx.Param).keys())
   ['bias', 'kernel']
   """
+  check_tree(node, 'state', graph)
   _, leaves = flatten(node)
   if not filters:
     return State.from_flat_path(leaves)
@@ -290,8 +303,14 @@ def state(node, *filters):
   return states[0] if len(states) == 1 else tuple(states)
 
 
-def graphdef(node) -> GraphDef:
-  """The GraphDef of ``node``."""
+def graphdef(node, /, *, graph: bool | None = None) -> GraphDef:
+  """The GraphDef of ``node``.
+
+  >>> import bridge as nnx
+  >>> nnx.graphdef(nnx.Rngs(0)) == nnx.graphdef(nnx.Rngs(1))
+  True
+  """
+  check_tree(node, 'graphdef', graph)
   return flatten(node)[0]
 
 
@@ -375,7 +394,7 @@ def _del_child(parent, key):
     bump_structure_epoch()
 
 
-def clone(node):
+def clone(node, *, graph: bool | None = None):
   """A deep copy of the graph: new Variables and nodes, the same structure and sharing.
 
   >>> import bridge as nnx
@@ -384,6 +403,7 @@ def clone(node):
   >>> copy.kernel is model.kernel, bool((copy.kernel == model.kernel).all())
   (False, True)
   """
+  check_tree(node, 'clone', graph)
   graphdef, leaves = flatten(node)
   return unflatten(graphdef, [leaf.replace() if isinstance(leaf, Variable) else leaf
                               for _, leaf in leaves])
@@ -415,7 +435,8 @@ def pop(node, *filters):
   return states[0] if len(states) == 1 else tuple(states)
 
 
-def iter_graph(node) -> tp.Iterator[tuple[PathParts, tp.Any]]:
+def iter_graph(node, /, *, graph: bool | None = None
+               ) -> tp.Iterator[tuple[PathParts, tp.Any]]:
   """Every node and leaf of the graph once, as ``(path, value)``, children before parents.
 
   >>> import bridge as nnx
@@ -423,6 +444,7 @@ def iter_graph(node) -> tp.Iterator[tuple[PathParts, tp.Any]]:
   >>> [p for p, v in nnx.iter_graph(model) if isinstance(v, nnx.Variable)]
   [('bias',), ('kernel',)]
   """
+  check_tree(node, 'iter_graph', graph)
   seen: set[int] = set()
 
   def walk(x, path):
@@ -442,6 +464,45 @@ def iter_graph(node) -> tp.Iterator[tuple[PathParts, tp.Any]]:
     yield path, x
 
   yield from walk(node, ())
+
+
+def walk_paths(node, path: PathParts = ()) -> tp.Iterator[tuple[PathParts, tp.Any]]:
+  """Every path to an Object or Variable in the graph, as ``(path, object)``: an object
+  reachable by several paths comes once per path (its children only under the first)."""
+  seen: set[int] = set()
+
+  def walk(x, path):
+    if isinstance(x, (Object, Variable)):
+      yield path, x
+      if id(x) in seen:
+        return
+      seen.add(id(x))
+      if isinstance(x, Object):
+        for k, v in child_items(x):
+          yield from walk(v, (*path, k))
+    elif isinstance(x, (list, tuple)):
+      for k, v in enumerate(x):
+        yield from walk(v, (*path, k))
+    elif isinstance(x, dict):
+      for k, v in x.items():
+        yield from walk(v, (*path, k))
+
+  yield from walk(node, path)
+
+
+def check_tree(node, fn_name: str, graph: bool | None = None) -> None:
+  """In tree mode, a ValueError naming the paths of the first shared Object or Variable
+  (tree mode holds each reference once); nothing in graph mode."""
+  if resolve_graph(graph):
+    return
+  from bridge.pytreelib import find_duplicates
+  duplicates = find_duplicates(node)
+  if duplicates:
+    paths = '\n'.join(f'  - {_fmt(p)}' for p in duplicates[0])
+    raise ValueError(
+      f'{fn_name}: found a shared reference at paths:\n{paths}\nTree mode (graph=False) '
+      f'does not support shared references. Remove the duplicates, pass graph=True to '
+      f'{fn_name}, or use nnx.compat.{fn_name}.')
 
 
 __all__ = ['GraphDef', 'split', 'merge', 'state', 'graphdef', 'update', 'clone', 'pop',

@@ -20,6 +20,7 @@ from __future__ import annotations
 import typing as tp
 from collections.abc import MutableMapping, MutableSequence
 
+import jax
 import jax.numpy as jnp
 
 from bridge import filters as filterlib
@@ -133,6 +134,8 @@ class List(Object, MutableSequence):
   >>> list(nnx.state(layers).keys())
   [0, 1]
   """
+
+  _object__pytree_key = jax.tree_util.SequenceKey
 
   def __init__(self, items: tp.Iterable = ()):
     object.__setattr__(self, '_object__items', list(items))

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import itertools
 
+import jax
+
 _epoch = itertools.count(1)
 _current = [0]
 
@@ -38,10 +40,25 @@ class Object:
   """A graph node: its attributes are its children (Variables, other nodes, static data).
 
   Attributes are walked in sorted order by ``split``/``state``; names starting with
-  ``_object__`` are bookkeeping and are not part of the graph.
+  ``_object__`` are bookkeeping and are not part of the graph. Subclasses are JAX pytrees
+  (see ``bridge.pytreelib``) unless declared with ``pytree=False``.
   """
 
+  _object__pytree_key = jax.tree_util.GetAttrKey  # the key path entry of a child
+  _object__fields: dict = {}  # {name: is_data} declared on the class (nnx.data/static)
+
+  def __init_subclass__(cls, *, pytree: bool = True, **kwargs):
+    super().__init_subclass__(**kwargs)
+    cls._object__fields = pytreelib.class_statuses(cls)
+    cls._object__pytree = pytree
+    if pytree:
+      pytreelib.register(cls)
+
   def __setattr__(self, name, value):
+    value, declared = pytreelib.unwrap_marker(value)
+    pytreelib.check_value(self, name, value, declared)
+    if declared is not None:
+      vars(self).setdefault('_object__explicit', {})[name] = declared
     object.__setattr__(self, name, value)
     _current[0] = next(_epoch)
 
@@ -61,6 +78,7 @@ class Object:
     """Fills a node made by ``object.__new__`` (``merge``) with its attributes."""
     vars(self).update(children)
 
-  def __deepcopy__(self, memo):
-    from bridge.graph import clone
-    return clone(self)
+
+from bridge import pytreelib  # noqa: E402 (pytreelib needs Object defined)
+
+pytreelib.register(Object)
