@@ -146,9 +146,12 @@ def _bridge_modules(value) -> list[Module]:
 
 
 def _set_initializing(node, initializing: bool) -> None:
-  """Marks every Object in ``node``'s graph as initializing (``ToNNX`` inits then)."""
+  """Marks every Object in ``node``'s graph as initializing or not (``ToNNX`` inits then)."""
+  from bridge.interop.to_nnx import ToNNX, set_initializing
   for _, value in iter_graph(node):
-    if isinstance(value, Object):
+    if isinstance(value, ToNNX):
+      set_initializing(value, initializing)
+    elif isinstance(value, Object):
       object.__setattr__(value, '_object__initializing', initializing)
 
 
@@ -349,9 +352,8 @@ class Module(nnx_module.Module, metaclass=_ModuleMeta):
     _fill(module, linen_to_tree(variables))
     rngs = _as_rngs(rngs)
     fn = _unbound_method(module, method)
+    _set_initializing(module, _initialize)
     for _, value in iter_graph(module):
-      if isinstance(value, Object):
-        object.__setattr__(value, '_object__initializing', _initialize)
       if isinstance(value, Module):
         value.scope = Scope(rngs, mutable)
         _maybe_call_setup(value)
@@ -360,9 +362,8 @@ class Module(nnx_module.Module, metaclass=_ModuleMeta):
       out = fn(module, *args, **kwargs)
     finally:
       MODULE_CONTEXT.module_stack.pop()
+      _set_initializing(module, False)
       for _, value in iter_graph(module):
-        if isinstance(value, Object):
-          object.__setattr__(value, '_object__initializing', False)
         if isinstance(value, Module):
           value.scope = None
     if mutable is False:

@@ -37,7 +37,7 @@ from bridge._static import hashable
 from bridge.graph import flatten, iter_graph, pop, unflatten
 from bridge.interop.collections import _flat, collection_of, tree_to_linen
 from bridge.interop.metadata import to_linen_var, to_nnx_var
-from bridge.interop.to_nnx import ToNNX
+from bridge.interop.to_nnx import ToNNX, set_initializing
 from bridge.module import Module
 from bridge.rngs import RngCount, RngKey, Rngs, RngState
 from bridge.transforms.lift import eval_shape
@@ -214,7 +214,7 @@ class ToLinen(nn.Module):
         out = _method(module, nnx_method)(module, *args, **kwargs)
       finally:
         for m in wrappers:
-          object.__setattr__(m, '_object__initializing', False)
+          set_initializing(m, False)
       self._store(module, restore=before)
       # what init did not keep (sown intermediates) is not part of the structure
       _drop_variables(module, lambda collection: not self.is_mutable_collection(collection))
@@ -234,8 +234,11 @@ class ToLinen(nn.Module):
     if template is None:  # e.g. variables restored in a fresh process: build abstractly
       def build():
         module = self._build(rng_names, lambda _: jax.random.key(0))
-        if _lazy_wrappers(module):  # ToNNX inside: their variables come from a call
+        wrappers = _lazy_wrappers(module)
+        if wrappers:  # ToNNX inside: their variables come from a call
           _method(module, nnx_method)(module, *args, **kwargs)
+          for m in wrappers:
+            set_initializing(m, False)
           _drop_variables(module, lambda collection: collection == 'intermediates')
         return module
       template = _TEMPLATES[key] = self._new_template(eval_shape(build), rng_names)
@@ -351,7 +354,7 @@ def _lazy_wrappers(module) -> list:
   their variables); returns them."""
   wrappers = [m for m in _all_nodes(module) if isinstance(m, ToNNX)]
   for m in wrappers:
-    object.__setattr__(m, '_object__initializing', True)
+    set_initializing(m, True)
   return wrappers
 
 

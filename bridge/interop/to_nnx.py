@@ -111,7 +111,7 @@ class ToNNX(Module):
   def __call__(self, *args, rngs=None, method=None, mutable=None, **kwargs):
     module = self.to_nnx__module
     keys = _rng_dict(self.to_nnx__rngs if rngs is None else rngs)
-    if vars(self).get('_object__initializing'):
+    if vars(self).get('to_nnx__initializing'):
       out, variables = module.init_with_output(keys, *args, method=method, **kwargs)
       self._write(variables)
       self.to_nnx__initialized = True
@@ -187,10 +187,20 @@ def lazy_init(fn, *args, **kwargs):
     raise ValueError(f'lazy_init needs a bridge Module or one of its methods, got {fn!r}.')
   wrappers = [m for _, m in iter_graph(root) if isinstance(m, ToNNX)]
   for m in wrappers:
-    object.__setattr__(m, '_object__initializing', True)
+    set_initializing(m, True)
   try:
     fn(*args, **kwargs)
   finally:
     for m in wrappers:
-      object.__setattr__(m, '_object__initializing', False)
+      set_initializing(m, False)
   return fn
+
+
+def set_initializing(wrapper: ToNNX, initializing: bool) -> None:
+  """Marks ``wrapper`` so that its calls run Linen ``init`` (or removes the mark). The mark
+  is a graph attribute, so it holds inside transforms that rebuild the graph (a ToNNX
+  initialized under ``vmap`` by ``lazy_init``)."""
+  if initializing:
+    wrapper.to_nnx__initializing = True
+  elif 'to_nnx__initializing' in vars(wrapper):
+    del wrapper.to_nnx__initializing
