@@ -220,3 +220,50 @@ def test_an_unhashable_static_argument_is_named(how):
   with pytest.raises(flax_type, match=r"static argument .*'sizes'.* must be hashable, but "
                      r'got a list: \[1, 2\]'):
     call()
+
+
+@pytest.mark.parametrize('make, match', [
+  (lambda lib: lib.Linear(0, 3, rngs=lib.Rngs(0)), 'Linear: in_features must be a positive '
+   'int, got 0'),
+  (lambda lib: lib.Linear(2, 0, rngs=lib.Rngs(0)), 'Linear: out_features must be a positive '
+   'int, got 0'),
+  (lambda lib: lib.Linear(-2, 3, rngs=lib.Rngs(0)), 'in_features must be a positive int, '
+   'got -2'),
+  (lambda lib: lib.LinearGeneral(2, (3, 0), rngs=lib.Rngs(0)), 'LinearGeneral: every entry '
+   r'of out_features must be a positive int, got \(3, 0\)'),
+  (lambda lib: lib.Einsum('ab,bc->ac', (0, 3), rngs=lib.Rngs(0)), 'Einsum: every entry of '
+   r'kernel_shape must be a positive int, got \(0, 3\)'),
+  (lambda lib: lib.Conv(0, 3, 3, rngs=lib.Rngs(0)), 'Conv: in_features must be a positive '
+   'int, got 0'),
+  (lambda lib: lib.ConvTranspose(2, 0, 3, rngs=lib.Rngs(0)), 'ConvTranspose: out_features '
+   'must be a positive int, got 0'),
+], ids=['linear_in', 'linear_out', 'linear_negative', 'linear_general', 'einsum', 'conv',
+        'conv_transpose'])
+def test_a_non_positive_feature_size_is_named_with_flaxs_exception_type(make, match):
+  flax_type = _flax_error(lambda: make(fnnx))  # flax: a ZeroDivisionError or TypeError
+  with pytest.raises(flax_type, match=match) as info:
+    make(nnx)
+  assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize('layer, kwargs', [
+  ('Conv', {'strides': 0}), ('Conv', {'strides': (1, -1)}), ('Conv', {'kernel_dilation': 0}),
+  ('ConvTranspose', {'strides': 0}),
+])
+def test_a_non_positive_conv_stride_or_dilation_is_named(layer, kwargs):
+  (name, value), = kwargs.items()
+  x = jnp.ones((1, 5, 5, 2))
+  flax_type = _flax_error(  # flax fails only when called, deep in lax
+    lambda: getattr(fnnx, layer)(2, 3, (3, 3), rngs=fnnx.Rngs(0), **kwargs)(x))
+  with pytest.raises(flax_type, match=f'{layer}: {name} must be positive, got'):
+    getattr(nnx, layer)(2, 3, (3, 3), rngs=nnx.Rngs(0), **kwargs)  # at construction
+
+
+@pytest.mark.parametrize('rngs', [None, 'x'])
+@pytest.mark.parametrize('layer', ['Linear', 'Conv'])
+def test_a_layer_without_rngs_says_what_rngs_must_be(layer, rngs):
+  args = (2, 3) if layer == 'Linear' else (2, 3, 3)
+  flax_type = _flax_error(lambda: getattr(fnnx, layer)(*args, rngs=rngs))  # AttributeError
+  with pytest.raises(flax_type, match=f'{layer}: rngs must be an nnx.Rngs .*'
+                     r'rngs=nnx.Rngs\(0\).*, got ' + repr(rngs)):
+    getattr(nnx, layer)(*args, rngs=rngs)

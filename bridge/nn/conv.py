@@ -22,6 +22,7 @@ from jax import lax
 
 from bridge.module import Module
 from bridge.nn import dtypes, initializers
+from bridge.nn._checks import SizeError, check_rngs, check_sizes
 from bridge.variables import Param
 
 default_kernel_init = initializers.lecun_normal()
@@ -79,12 +80,12 @@ def _per_dim(layer: str, name: str, value, rank: int) -> tuple[int, ...]:
   """``value`` (``None`` meaning 1, an int, or ``rank`` ints) as ``rank`` ints."""
   if value is None:
     value = 1
-  if _is_int(value):
-    return (int(value),) * rank
-  value = tuple(value)
+  value = (int(value),) * rank if _is_int(value) else tuple(value)
   if len(value) != rank or not all(_is_int(v) for v in value):
     raise ValueError(f'{layer}: {name} must be an int or a sequence of {rank} ints (one per '
                      f'spatial dimension of kernel_size), got {value!r}.')
+  if not all(v > 0 for v in value):
+    raise SizeError(f'{layer}: {name} must be positive, got {value!r}.')
   return value
 
 
@@ -163,6 +164,8 @@ class Conv(Module):
                kernel_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
                bias_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({})):
     name = type(self).__name__
+    check_sizes(name, in_features=in_features, out_features=out_features)
+    check_rngs(name, rngs)
     kernel_size = _kernel_size(name, kernel_size)
     rank = len(kernel_size)
     if not (_is_int(feature_group_count) and feature_group_count > 0
@@ -272,6 +275,8 @@ class ConvTranspose(Module):
                kernel_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({}),
                bias_metadata: tp.Mapping[str, tp.Any] = MappingProxyType({})):
     name = type(self).__name__
+    check_sizes(name, in_features=in_features, out_features=out_features)
+    check_rngs(name, rngs)
     kernel_size = _kernel_size(name, kernel_size)
     rank = len(kernel_size)
     for arg, value in (('strides', strides), ('kernel_dilation', kernel_dilation)):

@@ -22,6 +22,7 @@ from jax import lax
 
 from bridge.module import Module
 from bridge.nn import dtypes, initializers
+from bridge.nn._checks import check_rngs, check_sizes
 from bridge.nn.embed import Embed, default_embed_init  # noqa: F401 (flax's module path)
 from bridge.variables import Param, VariableMetadata
 
@@ -85,6 +86,8 @@ class Linear(Module):
                preferred_element_type=None, rngs,
                kernel_metadata: tp.Mapping[str, tp.Any] = _NO_METADATA,
                bias_metadata: tp.Mapping[str, tp.Any] = _NO_METADATA):
+    check_sizes(type(self).__name__, in_features=in_features, out_features=out_features)
+    check_rngs(type(self).__name__, rngs)
     self.kernel = Param(kernel_init(rngs.params(), (in_features, out_features), param_dtype),
                         **kernel_metadata)
     self.bias = Param(bias_init(rngs.params(), (out_features,), param_dtype),
@@ -153,6 +156,8 @@ class LinearGeneral(Module):
                preferred_element_type=None, rngs,
                kernel_metadata: tp.Mapping[str, tp.Any] = _NO_METADATA,
                bias_metadata: tp.Mapping[str, tp.Any] = _NO_METADATA):
+    check_sizes(type(self).__name__, in_features=in_features, out_features=out_features)
+    check_rngs(type(self).__name__, rngs)
     self.in_features = _as_tuple(in_features)
     self.out_features = _as_tuple(out_features)
     self.axis = _as_tuple(axis)
@@ -303,6 +308,9 @@ class Einsum(Module):
                bias_metadata: tp.Mapping[str, tp.Any] = _NO_METADATA):
     if einsum_str is not None:
       einsum_str = _check_einsum_str(einsum_str, type(self).__name__)
+    check_sizes(type(self).__name__, kernel_shape=kernel_shape,
+                **({} if bias_shape is None else {'bias_shape': bias_shape}))
+    check_rngs(type(self).__name__, rngs)
     self.kernel = Param(kernel_init(rngs.params(), kernel_shape, param_dtype),
                         **kernel_metadata)
     self.bias = Param(bias_init(rngs.params(), bias_shape, param_dtype),
