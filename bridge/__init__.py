@@ -15,17 +15,21 @@ import sys as _sys
 from bridge import (
   _repr,
   bridge,
+  ema,
   filters,
   graph,
   graphlib,
+  helpers,
   metrics,
   object,
   rngs,
+  training,
   traversals,
   variables,
 )
 from bridge.capture import capture
 from bridge._callable_module import make_callable as _make_callable
+from bridge.ema import EMA
 from bridge.filters import All, Any, Everything, Not, Nothing, OfType, PathContains, PathIn, WithTag
 from bridge.graph import (
   GraphDef,
@@ -43,6 +47,7 @@ from bridge.graph import state as _graph_state
 from bridge.graph_call import call
 from bridge.graph_map import map, recursive_map, set_metadata
 from bridge.graph_mode import set_graph_mode, set_graph_updates
+from bridge.helpers import TrainState
 from bridge.interop.metadata import (
   PARTITION_NAME,
   NNXMeta,
@@ -166,6 +171,7 @@ from bridge.transforms.lift import (
   switch,
   while_loop,
 )
+from bridge.typing import Initializer
 from bridge.variables import (
   BatchStat,
   Cache,

@@ -80,10 +80,6 @@ def _pure(tree):
                       is_leaf=_is_variable)
 
 
-def _state(node, wrt, graph):
-  return graph_state(node, wrt) if graph is None else graph_state(node, wrt, graph=graph)
-
-
 class Optimizer(Object):
   """Holds ``tx``'s state for the Variables of ``model`` matching ``wrt``.
 
@@ -105,7 +101,7 @@ class Optimizer(Object):
     self.graph = graph
     self.step = OptState(jnp.array(0, dtype=jnp.uint32))
     self.tx = tx
-    self.opt_state = to_opt_state(tx.init(_state(model, wrt, graph)))
+    self.opt_state = to_opt_state(tx.init(graph_state(model, wrt, graph=graph)))
     self.wrt = wrt
 
   def __getattr__(self, name):
@@ -118,10 +114,10 @@ class Optimizer(Object):
   def update(self, model, grads, /, **kwargs):
     """One optimizer step on ``model`` with ``grads`` (a State from ``bridge.grad``, or a
     nested dict of arrays); returns the updates."""
-    params = _state(model, self.wrt, self.graph)
+    params = graph_state(model, self.wrt, graph=self.graph)
     param_arrays = _pure(params)
     if isinstance(grads, State):
-      grad_arrays = _pure(_state(grads, self.wrt, self.graph))
+      grad_arrays = _pure(graph_state(grads, self.wrt, graph=self.graph))
     else:
       grad_arrays = State(grads)
     _check_grads(grad_arrays, param_arrays, self.wrt)

@@ -23,8 +23,10 @@ import jax
 import jax.numpy as jnp
 
 from bridge import filters as filterlib
-from bridge.graph import iter_graph
+from bridge.graph import check_tree, iter_graph
+from bridge.graph_mode import resolve
 from bridge.object import Object
+from bridge.rng_methods import RngMethods
 from bridge.variables import Variable
 
 
@@ -54,27 +56,7 @@ def _as_key(key) -> jax.Array:
                    'legacy uint32 key data.')
 
 
-_RANDOM_FUNCTIONS = ('bits', 'uniform', 'randint', 'permutation', 'choice', 'normal',
-                     'truncated_normal', 'bernoulli', 'categorical', 'gumbel', 'laplace',
-                     'exponential', 'gamma', 'beta', 'poisson', 'orthogonal')
-
-
-def _random_methods(cls):
-  """Adds ``stream.normal(shape)``-style methods drawing from the next key."""
-  for name in _RANDOM_FUNCTIONS:
-    fn = getattr(jax.random, name)
-
-    def method(self, *args, _fn=fn, **kwargs):
-      return _fn(self._next_key(), *args, **kwargs)
-
-    method.__name__ = name
-    method.__doc__ = f'``jax.random.{name}`` with the next key of the stream.'
-    setattr(cls, name, method)
-  return cls
-
-
-@_random_methods
-class RngStream(Object):
+class RngStream(RngMethods, Object):
   """One named stream: ``stream()`` gives ``fold_in(key, count)`` and counts up."""
 
   def __init__(self, key, *, tag: str):
@@ -106,8 +88,7 @@ class RngStream(Object):
     return type(self)(jnp.broadcast_to(key, shape + key.shape), tag=self.tag)
 
 
-@_random_methods
-class Rngs(Object):
+class Rngs(RngMethods, Object):
   """Named RNG streams: ``Rngs(0)``, ``Rngs(params=0, dropout=1)``, ``Rngs({'a': 0})``.
 
   ``rngs.params()``, ``rngs['dropout']()`` and ``rngs()`` (the ``default`` stream) return
@@ -207,10 +188,12 @@ def _streams(node, only) -> tp.Iterator[tuple[tuple, RngStream]]:
       yield path, x
 
 
-def split_rngs(node=None, /, *, splits: int | tuple[int, ...], only=..., squeeze: bool = False):
+def split_rngs(node=None, /, *, splits: int | tuple[int, ...], only=..., squeeze: bool = False,
+               graph: bool | None = None, graph_updates: bool | None = None):
   """Replaces the matching streams' keys in ``node`` by ``splits`` keys (for ``vmap``/``scan``
   over layers); returns backups. Without ``node``, a decorator that splits the streams of
-  every argument for the call and restores them after.
+  every argument for the call and restores them after. In tree mode (``graph=False``)
+  shared references in ``node`` are a ValueError.
 
   >>> import bridge as nnx
   >>> rngs = nnx.Rngs(params=0)
@@ -224,11 +207,13 @@ def split_rngs(node=None, /, *, splits: int | tuple[int, ...], only=..., squeeze
     def decorator(f):
       @functools.wraps(f)
       def wrapper(*args, **kwargs):
-        with split_rngs((args, kwargs), splits=splits, only=only, squeeze=squeeze):
+        with split_rngs((args, kwargs), splits=splits, only=only, squeeze=squeeze,
+                        graph=graph, graph_updates=graph_updates):
           return f(*args, **kwargs)
       return wrapper
     return decorator
 
+  check_tree(node, 'split_rngs', resolve(graph, graph_updates)[0])
   if squeeze and splits != 1:
     raise ValueError(f'split_rngs: squeeze=True needs splits=1, got splits={splits!r}.')
   backups = SplitBackups()
@@ -250,10 +235,12 @@ def restore_rngs(backups: tp.Iterable) -> None:
     stream.count.raw_value = count
 
 
-def fork_rngs(node, /, *, split=None):
+def fork_rngs(node, /, *, split=None, graph: bool | None = None,
+              graph_updates: bool | None = None):
   """Reseeds the streams in ``node`` with their next key (split ``split`` ways if given:
   a size, or filters mapped to sizes, ``None`` meaning not split; streams no filter
-  matches are left alone); returns backups for ``restore_rngs``.
+  matches are left alone); returns backups for ``restore_rngs``. In tree mode
+  (``graph=False``) shared references in ``node`` are a ValueError.
 
   >>> import bridge as nnx
   >>> rngs = nnx.Rngs(params=0, dropout=1)
@@ -261,6 +248,7 @@ def fork_rngs(node, /, *, split=None):
   ...   rngs.params.key.shape, rngs.dropout.key.shape
   ((4,), ())
   """
+  check_tree(node, 'fork_rngs', resolve(graph, graph_updates)[0])
   if split is None or isinstance(split, (int, tuple)):
     split = {...: split}
   rules = [(filterlib.to_predicate(f), n) for f, n in split.items()]
