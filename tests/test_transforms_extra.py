@@ -207,3 +207,49 @@ def test_jit_partial_train_steps_match_flax():
 @pytest.mark.parametrize('name', ['checkify', 'make_jaxpr', 'cached_partial', 'jit_partial'])
 def test_more_signatures_match_flax(name):
   assert_same_signature(name)
+
+
+# -- with_rngs -----------------------------------------------------------------------------
+def with_rngs_trace(lib):
+  """Shapes, key data and counters through split / fork / broadcast rules, errors and the
+  decorator form."""
+  out = []
+  rngs = lib.Rngs(params=0, dropout=1, noise=2)
+  new = lib.with_rngs(rngs, split={'params': 4, ...: (2, 3)}, graph=False)
+  out += [new.params.key.shape, new.noise.key.shape,
+          jax.random.key_data(new.params.key[...]).tolist(), int(rngs.params.count[...])]
+  new = lib.with_rngs(rngs, split={'params': 4}, fork=lib.Not('params'), graph_updates=False)
+  out += [new.dropout.key.shape, jax.random.key_data(new.dropout.key[...]).tolist(),
+          int(new.dropout.count[...]), int(rngs.dropout.count[...])]
+  new = lib.with_rngs(rngs, broadcast=3, only='noise', graph=False)
+  out += [new.noise.key.shape, new.params.key.shape, new.params is rngs.params]
+  with pytest.raises(ValueError, match='multiple rules'):
+    lib.with_rngs(rngs, split={'params': 2}, fork='params', graph=False)
+  with pytest.raises(NotImplementedError, match='with_rngs'):
+    lib.with_rngs(rngs, split=2)
+
+  @lib.with_rngs(split=2, graph=False)
+  def f(r, n=None):
+    return r.params.key.shape, n.default.key.shape
+  out.append(f(rngs, n=lib.Rngs(3)))
+  return out
+
+
+def test_with_rngs_matches_flax():
+  assert with_rngs_trace(nnx) == with_rngs_trace(fnnx)
+
+
+def test_with_rngs_copies_a_module_and_keeps_its_other_variables():
+  def run(lib):
+    class M(lib.Module):
+      def __init__(self):
+        self.rngs = lib.Rngs(0)
+        self.w = lib.Param(jnp.ones(2))
+    m = M()
+    new = lib.with_rngs(m, split=2, graph=False)
+    return new is m, new.w is m.w, new.rngs.default.key.shape, m.rngs.default.key.shape
+  assert run(nnx) == run(fnnx) == (False, True, (2,), ())
+
+
+def test_with_rngs_signature_matches_flax():
+  assert_same_signature('with_rngs')
