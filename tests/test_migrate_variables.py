@@ -16,6 +16,7 @@ from bridge.migrate import (
   VariableMatchError,
   linen_to_state,
   load_linen_variables,
+  match_report,
   match_variables,
   rename_path,
   state_to_linen,
@@ -284,23 +285,102 @@ def test_structure_orders_twelve_equal_layers_after_keys_were_sorted():
   np.testing.assert_array_equal(model(X), linen.apply(variables, X))
 
 
-def test_rules_resolve_what_structure_cannot():
-  class Ambiguous(nnx.Module):
+def test_structure_pairs_explicit_names_in_call_order_not_by_their_digits():
+  class Linen(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Dense(8, name='b2')(x))  # applied first, named with a larger number
+      return nn.Dense(8, name='b1')(x)
+
+  class Port(nnx.Module):
     def __init__(self, rngs):
       self.first = nnx.Linear(4, 8, rngs=rngs)
+      self.second = nnx.Linear(8, 8, rngs=rngs)
+
+    def __call__(self, x):
+      return self.second(nnx.relu(self.first(x)))
+
+  x = jnp.ones((2, 4))
+  variables = Linen().init(jax.random.key(0), x)
+  model = load_linen_variables(Port(nnx.Rngs(1)), variables, match='structure')
+  np.testing.assert_array_equal(model(x), Linen().apply(variables, x))
+  assert 'params/b2/kernel -> first/kernel: structure (the only modules holding these ' \
+    'variables)' in match_report(variables, Port(nnx.Rngs(1)), match='structure')
+
+  class Same(nn.Module):  # equal shapes: only the order tells them apart
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(8, name='b1')(nn.relu(nn.Dense(8, name='b2')(x)))
+
+  class SamePort(nnx.Module):
+    def __init__(self, rngs):
+      self.first = nnx.Linear(8, 8, rngs=rngs)
+      self.second = nnx.Linear(8, 8, rngs=rngs)
+
+    def __call__(self, x):
+      return self.second(nnx.relu(self.first(x)))
+
+  x8 = jnp.ones((2, 8))
+  variables = Same().init(jax.random.key(0), x8)
+  assert list(variables['params']) == ['b2', 'b1']  # Linen's creation order
+  model = load_linen_variables(SamePort(nnx.Rngs(1)), variables, match='structure')
+  np.testing.assert_array_equal(model(x8), Same().apply(variables, x8))
+  assert 'params/b2/kernel -> first/kernel: structure (Linen creation order, model attribute ' \
+    'order)' in match_report(variables, SamePort(nnx.Rngs(1)), match='structure')
+
+
+def test_structure_pairs_in_model_attribute_order_and_says_which_rule():
+  class Ordered(nnx.Module):
+    def __init__(self, rngs):
+      self.first = nnx.Linear(4, 8, rngs=rngs)
+      self.hidden_b = nnx.Linear(8, 8, rngs=rngs)  # assigned (and called) before hidden_a
       self.hidden_a = nnx.Linear(8, 8, rngs=rngs)
-      self.hidden_b = nnx.Linear(8, 8, rngs=rngs)
       self.last = nnx.Linear(8, 3, rngs=rngs)
 
-  _, variables = LinenMLP(), LinenMLP().init(jax.random.key(0), X)
+    def __call__(self, x):
+      for layer in (self.first, self.hidden_b, self.hidden_a):
+        x = nnx.relu(layer(x))
+      return self.last(x)
+
+  linen, variables = LinenMLP(), LinenMLP().init(jax.random.key(0), X)
+  model = load_linen_variables(Ordered(nnx.Rngs(1)), variables, match='structure')
+  np.testing.assert_array_equal(model(X), linen.apply(variables, X))
+  report = match_report(variables, Ordered(nnx.Rngs(1)), match='structure')
+  assert 'params/Dense_1/kernel -> hidden_b/kernel: structure (Linen name numbers, model ' \
+    'attribute order)' in report
+  # a pair that still differs says which rule paired it
+  bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), variables)
+  with pytest.raises(VariableMatchError, match=r'params/Dense_1/bias \(8,\) bfloat16 -> '
+                     r'hidden_b/bias \(8,\) float32 \(paired by structure \(Linen name'):
+    load_linen_variables(Ordered(nnx.Rngs(1)), bf16, match='structure')
+
+
+def test_explicit_names_in_a_checkpoint_are_ambiguous_and_rules_resolve_them(tmp_path):
+  """A checkpoint sorts keys, so explicit names there say nothing about order."""
+  import orbax.checkpoint as ocp
+
+  from bridge.migrate import restore_linen_checkpoint
+
+  class Named(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(8, name='dec')(nn.Dense(8, name='enc')(x))
+
+  class Port(nnx.Module):
+    def __init__(self, rngs):
+      self.encoder = nnx.Linear(8, 8, rngs=rngs)
+      self.decoder = nnx.Linear(8, 8, rngs=rngs)
+
+  variables = Named().init(jax.random.key(0), jnp.ones((1, 8)))
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(tmp_path / 'ckpt', variables)
   with pytest.raises(VariableMatchError) as e:
-    load_linen_variables(Ambiguous(nnx.Rngs(1)), variables, match='structure')
-  assert "['Dense_1', 'Dense_2']" in str(e.value) and "['hidden_a', 'hidden_b']" in str(e.value)
-  assert len(e.value.ambiguous) == 1
-  model = load_linen_variables(Ambiguous(nnx.Rngs(1)), variables, match='structure',
-                               rules={'Dense_1': 'hidden_a', 'Dense_2': 'hidden_b'})
-  np.testing.assert_array_equal(model.hidden_b.kernel.value,
-                                variables['params']['Dense_2']['kernel'])
+    restore_linen_checkpoint(tmp_path / 'ckpt', Port(nnx.Rngs(1)), match='structure')
+  assert "['dec', 'enc']" in e.value.ambiguous[0] and 'order is unknown' in e.value.ambiguous[0]
+  model = restore_linen_checkpoint(tmp_path / 'ckpt', Port(nnx.Rngs(1)), match='structure',
+                                   rules={'enc': 'encoder', 'dec': 'decoder'})
+  np.testing.assert_array_equal(model.decoder.kernel.value,
+                                variables['params']['dec']['kernel'])
 
 
 # -- errors list the paths ----------------------------------------------------------------

@@ -15,6 +15,6 @@ from bridge.migrate.linen_variables import (
   state_to_linen,
   to_linen_variables,
 )
-from bridge.migrate.matching import match_variables
+from bridge.migrate.matching import match_report, match_variables
 from bridge.migrate.parity import Check, ParityReport, check_parity, sum_outputs
 from bridge.migrate.rename import rename_path

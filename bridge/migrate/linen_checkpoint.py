@@ -196,16 +196,16 @@ def restore_linen_checkpoint(path: str | os.PathLike, model, *, step: int | None
         where[(collection, *p)] = (*prefix, *meta.path)
         _insert(node, p, jax.ShapeDtypeStruct(meta.shape, meta.dtype))
     pairs = pair_leaves(linen_leaves(abstract, rules), model_leaves(model), match,
-                        source=f'checkpoint {os.fspath(item)}')
+                        source=f'checkpoint {os.fspath(item)}', linen_ordered=False)
     target: dict = {}
-    for linen, var in pairs:
+    for linen, var, _ in pairs:
       _insert(target, where[linen.key], abstract_array(var.item.raw_value))
     restored = handler.restore(item, args=ocp.args.PyTreeRestore(
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True))
   finally:
     handler.close()
-  for linen, var in pairs:
+  for linen, var, _ in pairs:
     value = restored
     for key in where[linen.key]:
       value = value[key]

@@ -144,7 +144,7 @@ def load_linen_variables(target, variables: tp.Mapping, *, rules: Rules | None =
   type and metadata and take the Linen value as it is (unboxed).
   """
   pairs = pair_leaves(linen_leaves(variables, rules), model_leaves(target), match)
-  for linen, model in pairs:
+  for linen, model, _ in pairs:
     model.item.raw_value = linen.item.raw_value
   return target
 

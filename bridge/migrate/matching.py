@@ -38,8 +38,9 @@ from bridge.interop.collections import _flat
 from bridge.interop.metadata import to_nnx_var
 from bridge.migrate.errors import VariableMatchError
 from bridge.migrate.rename import Rules, apply_rules, compile_rules
-from bridge.migrate.structure import match_structure
+from bridge.migrate.structure import Pair, match_structure
 from bridge.module import Module
+from bridge.object import Object
 from bridge.rngs import RngState
 from bridge.state import State
 from bridge.variables import Variable, variable_name_from_type
@@ -51,13 +52,15 @@ class Leaf(tp.NamedTuple):
   """One variable on either side: ``key`` is its own path (the Linen one with the
   collection first, before rules; the model one with its int keys), ``path`` the string
   keys it is matched on (the Linen one after rules, without the collection), ``item`` the
-  Linen leaf as a Variable (``to_nnx_var``) or the model's Variable itself."""
+  Linen leaf as a Variable (``to_nnx_var``) or the model's Variable itself, ``order`` its
+  place in creation order (the Linen variables' order; the model's attribute order)."""
   key: tuple
   path: tuple[str, ...]
   collection: str
   shape: tuple
   dtype: tp.Any
   item: tp.Any
+  order: int = 0
 
   @property
   def name(self) -> str:
@@ -118,11 +121,32 @@ def linen_leaves(variables: tp.Mapping, rules: Rules | None = None) -> list[Leaf
   after ``rules``; each ``item`` is the leaf as a Variable (``to_nnx_var``)."""
   compiled = compile_rules(rules)
   leaves = []
-  for collection, path, x in linen_items(variables):
+  for order, (collection, path, x) in enumerate(linen_items(variables)):
     var = to_nnx_var(collection, x)
     leaves.append(Leaf((collection, *path), renamed_path(collection, path, compiled),
-                       collection, *_shape_dtype(var.raw_value), var))
+                       collection, *_shape_dtype(var.raw_value), var, order))
   return leaves
+
+
+def _attribute_order(target) -> dict[tuple, int]:
+  """``{path: i}`` for the Variables of a Module in the order its attributes were assigned
+  (a State has no such order: its own)."""
+  if isinstance(target, State):
+    return {p: i for i, (p, _) in enumerate(target.flat_state())}
+  order: dict[tuple, int] = {}
+
+  def walk(x, path):
+    if isinstance(x, Variable):
+      order.setdefault(path, len(order))
+      return
+    items = x._graph_children().items() if isinstance(x, Object) else \
+      x.items() if isinstance(x, dict) else \
+      enumerate(x) if isinstance(x, (list, tuple)) else ()
+    for k, v in items:
+      walk(v, (*path, k))
+
+  walk(target, ())
+  return order
 
 
 def model_leaves(target) -> list[Leaf]:
@@ -133,21 +157,23 @@ def model_leaves(target) -> list[Leaf]:
                     f'{type(target).__name__} {target!r:.80}. Pass the bridge model to load '
                     'into (e.g. MyModel(rngs=nnx.Rngs(0))).')
   flat = target.flat_state() if isinstance(target, State) else graph_state(target).flat_state()
+  order = _attribute_order(target)
   leaves = []
   for path, var in flat:
     if not isinstance(var, Variable) or isinstance(var, RngState):
       continue
     collection = variable_name_from_type(type(var), allow_register=True)
     leaves.append(Leaf(path, tuple(map(str, path)), collection,
-                       *_shape_dtype(var.raw_value), var))
+                       *_shape_dtype(var.raw_value), var, order.get(path, len(order))))
   return leaves
 
 
 def pair_leaves(linen: list[Leaf], model: list[Leaf], match: Match = 'path', *,
-                source: str = 'Linen variables', hint: str | None = None
-                ) -> list[tuple[Leaf, Leaf]]:
-  """``(linen, model)`` pairs covering both sides, or a ``VariableMatchError`` (naming the
-  other side ``source``, ending with ``hint``)."""
+                source: str = 'Linen variables', hint: str | None = None,
+                linen_ordered: bool = True) -> list[Pair]:
+  """``Pair(linen, model, rule)``s covering both sides, or a ``VariableMatchError`` (naming
+  the other side ``source``, ending with ``hint``). ``linen_ordered``: whether the Linen
+  leaves come in Linen's creation order (see ``bridge.migrate.structure``)."""
   if match not in ('path', 'structure'):
     raise ValueError(f"match must be 'path' or 'structure', got {match!r}.")
   by_path = {leaf.path: leaf for leaf in model}
@@ -160,16 +186,17 @@ def pair_leaves(linen: list[Leaf], model: list[Leaf], match: Match = 'path', *,
       ambiguous.append(f'{", ".join(sorted(leaf.name for leaf in leaves))} all go to '
                        f'{path_str(path)}')
     elif path in by_path:
-      pairs.append((leaves[0], by_path[path]))
+      pairs.append(Pair(leaves[0], by_path[path], 'path'))
     else:
       linen_left.append(leaves[0])
   model_left = [leaf for leaf in model if leaf.path not in targets]
   if match == 'structure':
-    more, more_ambiguous, linen_left, model_left = match_structure(linen_left, model_left)
+    more, more_ambiguous, linen_left, model_left = match_structure(
+      linen_left, model_left, linen_ordered=linen_ordered)
     pairs += more
     ambiguous += more_ambiguous
-  mismatched = [_mismatch(a, b) for a, b in pairs
-                if (a.collection, a.shape, a.dtype) != (b.collection, b.shape, b.dtype)]
+  mismatched = [_mismatch(pair) for pair in pairs
+                if _kind(pair.linen) != _kind(pair.model)]
   if linen_left or model_left or mismatched or ambiguous:
     raise VariableMatchError(
       source_only=sorted(map(str, linen_left)), model_only=sorted(map(str, model_left)),
@@ -178,10 +205,17 @@ def pair_leaves(linen: list[Leaf], model: list[Leaf], match: Match = 'path', *,
   return pairs
 
 
-def _mismatch(a: Leaf, b: Leaf) -> str:
+def _kind(leaf: Leaf) -> tuple:
+  return leaf.collection, leaf.shape, leaf.dtype
+
+
+def _mismatch(pair: Pair) -> str:
+  a, b = pair.linen, pair.model
+  paired = '' if pair.rule == 'path' else f' (paired by {pair.rule})'
   if a.collection == b.collection:
-    return f'{a} -> {b}'
-  return f'{a} -> {b} (collection {a.collection!r}, the model\'s Variable is {b.collection!r})'
+    return f'{a} -> {b}{paired}'
+  return f'{a} -> {b} (collection {a.collection!r}, the model\'s Variable is ' \
+         f'{b.collection!r}){paired}'
 
 
 _HINTS = {
@@ -199,4 +233,30 @@ def match_variables(variables: tp.Mapping, target, *, rules: Rules | None = None
   Variable of ``target`` (a Module or State), or a ``VariableMatchError`` listing what
   does not pair up (see the module docstring)."""
   pairs = pair_leaves(linen_leaves(variables, rules), model_leaves(target), match)
-  return dict(sorted((a.key, b.key) for a, b in pairs))
+  return dict(sorted((pair.linen.key, pair.model.key) for pair in pairs))
+
+
+def match_report(variables: tp.Mapping, target, *, rules: Rules | None = None,
+                 match: Match = 'path') -> list[str]:
+  """One line per Linen leaf, ``'linen path -> model path: rule'``, the rule being
+  ``path`` (its path, after ``rules``) or the structural rule that paired its module (see
+  ``bridge.migrate.structure``); errors as ``match_variables``.
+
+  >>> import jax, jax.numpy as jnp
+  >>> import flax.linen as nn
+  >>> import bridge as nnx
+  >>> from bridge.migrate import match_report
+  >>> class Linen(nn.Module):
+  ...   @nn.compact
+  ...   def __call__(self, x):
+  ...     return nn.Dense(2, name='b2')(nn.Dense(2, name='b1')(x))
+  >>> class Port(nnx.Module):
+  ...   def __init__(self, rngs):
+  ...     self.first = nnx.Linear(2, 2, rngs=rngs)
+  ...     self.second = nnx.Linear(2, 2, rngs=rngs)
+  >>> variables = Linen().init(jax.random.key(0), jnp.ones((1, 2)))
+  >>> print(match_report(variables, Port(nnx.Rngs(0)), match='structure')[0])
+  params/b1/bias -> first/bias: structure (Linen creation order, model attribute order)
+  """
+  pairs = pair_leaves(linen_leaves(variables, rules), model_leaves(target), match)
+  return sorted(f'{pair.linen.name} -> {pair.model.name}: {pair.rule}' for pair in pairs)

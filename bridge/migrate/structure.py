@@ -3,30 +3,36 @@
 A module is the set of variables sharing a parent path; its *signature* is what it holds:
 ``(collection, name, shape)`` for each variable. Modules are paired within a signature:
 
-- one Linen module and one model module with that signature: they pair;
-- several on each side: they pair in order when the names on each side tell the order,
-  i.e. they differ only by their numbers (``Dense_1``, ``Dense_2``; ``linear1``,
-  ``linear2``; ``layers/0``, ``layers/1``), and are *ambiguous* otherwise
-  (``encoder`` and ``decoder``: add a rename rule for them);
+- one Linen module and one model module with that signature: they pair
+  (rule ``'structure (the only modules holding these variables)'``);
+- several on each side: they pair in creation order. On the Linen side that is the order
+  of Linen's automatic names when the modules differ only by them (``Dense_1``,
+  ``Dense_2``, ``layers_10``: Linen numbers modules of one type as it creates them, so this
+  holds even after a checkpoint has sorted the keys), else the order of the variables (the
+  order Linen created them in; a checkpoint's order is not, so there such groups are
+  *ambiguous*: add a rename rule). Digits inside an explicit name (``b1``, ``b2``) say
+  nothing about order. On the model side it is the order its attributes were assigned
+  (``layers/0``, ``layers/1`` for a List); a State has no such order, so its modules are
+  taken in its (sorted) order;
 - different counts on the two sides: none of them pair.
 
-Linen numbers modules of one type in creation order (``Dense_0``, ``Dense_1``, ...), so
-numbers are the module order even after a checkpoint has sorted the keys.
+Each pair records the rule that made it (``Pair.rule``).
 
 >>> from bridge.migrate.matching import Leaf
 >>> from bridge.migrate.structure import match_structure
 >>> def leaves(*paths, shape=(8, 8)):
-...   return [Leaf(tuple(p.split('/')), tuple(p.split('/')), 'params', shape, 'float32', None)
-...           for p in paths]
+...   return [Leaf(tuple(p.split('/')), tuple(p.split('/')), 'params', shape, 'float32', None,
+...                order) for order, p in enumerate(paths)]
 >>> pairs, ambiguous, _, _ = match_structure(
-...   leaves('Dense_2/kernel', 'Dense_10/kernel'), leaves('linear_b2/kernel', 'linear_b1/kernel'))
->>> [(a.name, b.name) for a, b in pairs]
-[('Dense_2/kernel', 'linear_b1/kernel'), ('Dense_10/kernel', 'linear_b2/kernel')]
+...   leaves('Dense_10/kernel', 'Dense_2/kernel'), leaves('b2/kernel', 'b1/kernel'))
+>>> [(a.name, b.name) for a, b, _ in pairs]
+[('Dense_2/kernel', 'b2/kernel'), ('Dense_10/kernel', 'b1/kernel')]
+>>> pairs[0].rule
+'structure (Linen name numbers, model attribute order)'
 >>> _, ambiguous, _, _ = match_structure(leaves('enc/kernel', 'dec/kernel'),
-...                                      leaves('a/kernel', 'b/kernel'))
->>> print(ambiguous[0])
-Linen modules ['dec', 'enc'] and model modules ['a', 'b'] hold the same variables
-(params/kernel (8, 8)) and their names do not tell their order
+...                                      leaves('a/kernel', 'b/kernel'), linen_ordered=False)
+>>> ambiguous[0].split('; ')[1]
+'their Linen order is unknown (no automatic names, sorted keys)'
 """
 
 from __future__ import annotations
@@ -39,24 +45,30 @@ if tp.TYPE_CHECKING:
   from bridge.migrate.matching import Leaf
 
 
-def _number_split(key) -> tuple[str, int]:
-  """``'Dense_10'`` -> ``('Dense', 10)``, ``'linear1'`` -> ``('linear', 1)``, ``'0'`` ->
-  ``('', 0)``, ``'out'`` -> ``('out', -1)``."""
-  m = re.fullmatch(r'(.*?)_?(\d+)', str(key))
-  return (m[1], int(m[2])) if m else (str(key), -1)
+class Pair(tp.NamedTuple):
+  """A Linen leaf, the model leaf it goes to, and the rule that paired them."""
+  linen: Leaf
+  model: Leaf
+  rule: str
 
 
-def _template(path: tuple) -> tuple[str, ...]:
-  return tuple(_number_split(k)[0] for k in path)
+def _auto_number(key) -> tuple[str, int] | None:
+  """``'Dense_10'`` -> ``('Dense', 10)`` (a Linen automatic name, or a list index
+  ``'layers_2'``), ``'0'`` -> ``('', 0)``; ``None`` for other keys (``'b2'``, ``'out'``)."""
+  m = re.fullmatch(r'(?:(.*)_)?(\d+)', str(key))
+  return (m[1] or '', int(m[2])) if m else None
 
 
 def _natural_key(path: tuple) -> tuple:
-  return tuple(_number_split(k) for k in path)
+  return tuple(_auto_number(k) or (str(k), -1) for k in path)
 
 
-def _orderable(paths: list[tuple]) -> bool:
-  """Whether the paths differ only by their numbers (and so are in a known order)."""
-  return len({_template(p) for p in paths}) == 1 and \
+def _auto_named(paths: list[tuple]) -> bool:
+  """Whether the paths differ only by automatic numbers (and so are in creation order)."""
+  differing = {i for p in paths for i, k in enumerate(p) if k != paths[0][i]}
+  return len({len(p) for p in paths}) == 1 and all(
+    len({_auto_number(p[i]) and _auto_number(p[i])[0] for p in paths}) == 1
+    and all(_auto_number(p[i]) for p in paths) for i in differing) and \
     len({_natural_key(p) for p in paths}) == len(paths)
 
 
@@ -79,11 +91,17 @@ def _fmt(paths: tp.Iterable[tuple]) -> list[str]:
   return sorted('/'.join(map(str, p)) or '<root>' for p in paths)
 
 
-def match_structure(linen: list[Leaf], model: list[Leaf]):
-  """Pairs the leaves of modules with equal signatures (see the module docstring).
+def _first(module: dict[tuple, Leaf]) -> int:
+  return min(leaf.order for leaf in module.values())
 
-  Returns ``(pairs, ambiguous, linen_left, model_left)``: the ``(linen, model)`` leaf
-  pairs, one message per ambiguous group, and the leaves left unpaired on each side.
+
+def match_structure(linen: list[Leaf], model: list[Leaf], *, linen_ordered: bool = True):
+  """Pairs the leaves of modules with equal signatures (see the module docstring);
+  ``linen_ordered`` says whether the order of the Linen leaves is Linen's creation order
+  (true for variables from ``init``, not for a checkpoint's sorted keys).
+
+  Returns ``(pairs, ambiguous, linen_left, model_left)``: the ``Pair``s, one message per
+  ambiguous group, and the leaves left unpaired on each side.
   """
   linen_modules, model_modules = _modules(linen), _modules(model)
   groups: dict[tuple, tuple[list, list]] = collections.defaultdict(lambda: ([], []))
@@ -98,12 +116,22 @@ def match_structure(linen: list[Leaf], model: list[Leaf]):
       linen_left += [leaf for p in linen_paths for leaf in linen_modules[p].values()]
       model_left += [leaf for p in model_paths for leaf in model_modules[p].values()]
       continue
-    if len(linen_paths) > 1 and not (_orderable(linen_paths) and _orderable(model_paths)):
+    if len(linen_paths) == 1:
+      rule = 'structure (the only modules holding these variables)'
+    elif _auto_named(linen_paths):
+      linen_paths = sorted(linen_paths, key=_natural_key)
+      rule = 'structure (Linen name numbers, model attribute order)'
+    elif linen_ordered:
+      linen_paths = sorted(linen_paths, key=lambda p: _first(linen_modules[p]))
+      rule = 'structure (Linen creation order, model attribute order)'
+    else:
       ambiguous.append(
         f'Linen modules {_fmt(linen_paths)} and model modules {_fmt(model_paths)} hold the '
-        f'same variables ({_describe(signature)}) and their names do not tell their order')
+        f'same variables ({_describe(signature)}); their Linen order is unknown (no '
+        'automatic names, sorted keys)')
       continue
-    for a, b in zip(sorted(linen_paths, key=_natural_key),
-                    sorted(model_paths, key=_natural_key), strict=True):
-      pairs += [(leaf, model_modules[b][key]) for key, leaf in linen_modules[a].items()]
+    model_paths = sorted(model_paths, key=lambda p: _first(model_modules[p]))
+    for a, b in zip(linen_paths, model_paths, strict=True):
+      pairs += [Pair(leaf, model_modules[b][key], rule)
+                for key, leaf in linen_modules[a].items()]
   return pairs, ambiguous, linen_left, model_left
