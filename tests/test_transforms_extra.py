@@ -253,3 +253,54 @@ def test_with_rngs_copies_a_module_and_keeps_its_other_variables():
 
 def test_with_rngs_signature_matches_flax():
   assert_same_signature('with_rngs')
+
+
+# -- pmap ----------------------------------------------------------------------------------
+def pmap_run(lib):
+  """Layers created one per device, a forward with a collective, a broadcast counter."""
+  @lib.split_rngs(splits=8)
+  @lib.pmap(in_axes=(0,), out_axes=0)
+  def create(rngs):
+    return lib.Linear(2, 3, rngs=rngs)
+  m = create(lib.Rngs(0))
+
+  class C(lib.Module):
+    def __init__(self):
+      self.n = lib.BatchStat(jnp.zeros(()))
+  c = C()
+
+  @lib.pmap(in_axes=(0, None, 0, None), out_axes=0, axis_name='d',
+            static_broadcasted_argnums=3)
+  def forward(m, c, x, scale):
+    c.n[...] += 1.0
+    return jax.lax.pmean(m(x), 'd') * scale
+  y = forward(m, c, jnp.arange(64.0).reshape(8, 4, 2) / 64, 2.0)
+  return type(m).__name__, m.kernel.value, y, c.n.value
+
+
+def test_pmap_matches_flax_on_8_devices():
+  assert jax.device_count() == 8
+  (name, kernel, y, n), (e_name, e_kernel, e_y, e_n) = pmap_run(nnx), pmap_run(fnnx)
+  assert name == e_name == 'Linear'
+  assert kernel.shape == (8, 2, 3)
+  np.testing.assert_array_equal(kernel, e_kernel)
+  np.testing.assert_array_equal(y, e_y)
+  assert float(n) == float(e_n) == 1.0
+
+
+def test_pmap_state_axes_and_errors():
+  m = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  y = nnx.pmap(lambda m, x: m(x), in_axes=(nnx.StateAxes({...: None}), 0))(m, jnp.ones((8, 2)))
+  np.testing.assert_array_equal(y, jax.vmap(m)(jnp.ones((8, 2))))
+
+  def grow(m, x):
+    m.extra = nnx.Param(jnp.zeros(()))
+    return m(x)
+  with pytest.raises(ValueError, match='changed the structure'):
+    nnx.pmap(grow, in_axes=(None, 0))(m, jnp.ones((8, 2)))
+  with pytest.raises(NotImplementedError, match='donate_argnums'):
+    nnx.pmap(lambda x: x, donate_argnums=0)
+
+
+def test_pmap_signature_matches_flax():
+  assert_same_signature('pmap')
