@@ -114,7 +114,7 @@ from bridge.nn.recurrent import (
 )
 from bridge.nn.weight_norms import SpectralNorm, WeightNorm
 from bridge.object import Object
-from bridge import pytreelib
+from bridge import compat, pytreelib
 from bridge.pytreelib import (
   Data,
   Static,
@@ -160,7 +160,6 @@ from bridge.transforms.custom_vjp import custom_vjp
 from bridge.transforms.checkify import checkify
 from bridge.transforms.make_jaxpr import make_jaxpr
 from bridge.transforms.partial import cached_partial, jit_partial
-from bridge.transforms.pmap import pmap
 from bridge.transforms.shard_map import shard_map
 from bridge.transforms.state_sharding import StateSharding
 from bridge.with_rngs import with_rngs

@@ -105,6 +105,11 @@ class GraphDef:
     return f'GraphDef({_def_repr(self.root)})'
 
 
+# A GraphDef is a pytree without leaves (itself the static data), as in flax.nnx, so
+# ``jax.jit(f)(graphdef, state)`` works.
+jax.tree_util.register_pytree_node(GraphDef, lambda g: ((), g), lambda g, _: g)
+
+
 def _def_repr(d) -> str:
   if isinstance(d, NodeDef):
     inner = ', '.join(f'{k}={_def_repr(c)}' for k, c in d.children)
@@ -201,6 +206,10 @@ def flatten(node, *, graph: bool | None = None
   ValueError naming their paths.
   """
   check_tree(node, 'flatten', graph)
+  return _flatten(node)
+
+
+def _flatten(node) -> tuple[GraphDef, list[tuple[PathParts, tp.Any]]]:
   f = _Flattener()
   root = f.walk(node, ())
   return GraphDef(root), f.leaves
@@ -281,7 +290,7 @@ def split(node, *filters, graph: bool | None = None):
   (['bias', 'kernel'], 0)
   """
   check_tree(node, 'split', graph)
-  graphdef, leaves = flatten(node)
+  graphdef, leaves = _flatten(node)
   if not filters:
     return graphdef, State.from_flat_path(leaves)
   return (graphdef, *_partition(leaves, filters, strict=True))
@@ -296,7 +305,7 @@ def state(node, *filters, graph: bool | None = None):
   ['bias', 'kernel']
   """
   check_tree(node, 'state', graph)
-  _, leaves = flatten(node)
+  _, leaves = _flatten(node)
   if not filters:
     return State.from_flat_path(leaves)
   states = _partition(leaves, filters, strict=False)
@@ -311,7 +320,7 @@ def graphdef(node, /, *, graph: bool | None = None) -> GraphDef:
   True
   """
   check_tree(node, 'graphdef', graph)
-  return flatten(node)[0]
+  return _flatten(node)[0]
 
 
 def merge(graphdef: GraphDef, state, /, *states):
@@ -404,7 +413,7 @@ def clone(node, *, graph: bool | None = None):
   (False, True)
   """
   check_tree(node, 'clone', graph)
-  graphdef, leaves = flatten(node)
+  graphdef, leaves = _flatten(node)
   return unflatten(graphdef, [leaf.replace() if isinstance(leaf, Variable) else leaf
                               for _, leaf in leaves])
 
@@ -423,7 +432,7 @@ def pop(node, *filters):
   """
   if not filters:
     raise TypeError('pop needs at least one filter (e.g. nnx.pop(model, nnx.Intermediate)).')
-  _, leaves = flatten(node)
+  _, leaves = _flatten(node)
   states = _partition(leaves, filters, strict=False)
   # Last path first, so that deleting list item ``i`` does not shift the ones still to pop.
   popped = FlatState(p for s in states for p in s.flat_state())

@@ -230,10 +230,11 @@ def _is_data_attr(obj, name, value) -> bool:
 def _flatten_with_keys(obj):
   children = obj._graph_children()
   key = type(obj)._object__pytree_key
-  data_items = sorted((k for k, v in children.items() if _is_data_attr(obj, k, v)))
-  static = tuple((k, hashable(v)) for k, v in children.items() if k not in data_items)
+  names = sorted(children)  # sorted, so equal objects built in any order match
+  data_items = [k for k in names if _is_data_attr(obj, k, children[k])]
+  static = tuple((k, hashable(children[k])) for k in names if k not in data_items)
   explicit = vars(obj).get('_object__explicit')
-  aux = (tuple(children), static, tuple(sorted(explicit.items())) if explicit else ())
+  aux = (tuple(names), static, tuple(sorted(explicit.items())) if explicit else ())
   return tuple((key(k), children[k]) for k in data_items), aux
 
 
@@ -246,7 +247,7 @@ def _make_unflatten(cls):
   def unflatten(aux, leaves):
     names, static, explicit = aux
     static_values = {k: v.value for k, v in static}
-    data_names = sorted(k for k in names if k not in static_values)
+    data_names = [k for k in names if k not in static_values]
     values = {**dict(zip(data_names, leaves, strict=True)), **static_values}
     obj = object.__new__(cls)
     obj._graph_set_children({k: values[k] for k in names})

@@ -31,6 +31,7 @@ from jax import lax
 
 from bridge import filters as filterlib
 from bridge.graph import _Flattener
+from bridge.transforms import tree_mode
 from bridge.transforms._boundary import (
   Box,
   Flat,
@@ -143,7 +144,8 @@ def _leaves_of(roots) -> list:
 
 # -- vmap ---------------------------------------------------------------------------------
 def vmap(f=None, *, in_axes=0, out_axes=0, axis_name=None, axis_size=None,
-         spmd_axis_name=None, transform_metadata=None):
+         spmd_axis_name=None, transform_metadata=None, graph: bool | None = None,
+         graph_updates: bool | None = None):
   """``jax.vmap`` for functions of Modules. A Module argument's ``in_axes`` entry is an
   axis for all its Variables, ``None`` (broadcast) or a ``StateAxes``. Changes made inside
   are written back with each Variable's own axis; Variables created inside get their
@@ -152,7 +154,8 @@ def vmap(f=None, *, in_axes=0, out_axes=0, axis_name=None, axis_size=None,
   if f is None:
     return functools.partial(vmap, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name,
                              axis_size=axis_size, spmd_axis_name=spmd_axis_name,
-                             transform_metadata=transform_metadata)
+                             transform_metadata=transform_metadata, graph=graph,
+                             graph_updates=graph_updates)
 
   @functools.wraps(f)
   def wrapper(*args):
@@ -200,12 +203,13 @@ def vmap(f=None, *, in_axes=0, out_axes=0, axis_name=None, axis_size=None,
     static = box.value[0]
     return write_back(flat, static, out_leaves)
 
-  return wrapper
+  return tree_mode.wrap('vmap', wrapper, graph, graph_updates)
 
 
 # -- scan ---------------------------------------------------------------------------------
 def scan(f=None, *, length=None, reverse: bool = False, unroll: int | bool = 1,
-         in_axes=(Carry, 0), out_axes=(Carry, 0), transform_metadata=None):
+         in_axes=(Carry, 0), out_axes=(Carry, 0), transform_metadata=None,
+         graph: bool | None = None, graph_updates: bool | None = None):
   """``lax.scan`` for functions of Modules. ``in_axes`` gives each positional argument's
   role: ``Carry`` (the loop carry, at most one), an axis to scan over, ``None``
   (broadcast), or for a Module a ``StateAxes``. ``out_axes`` says what the function
@@ -214,7 +218,8 @@ def scan(f=None, *, length=None, reverse: bool = False, unroll: int | bool = 1,
   if f is None:
     return functools.partial(scan, length=length, reverse=reverse, unroll=unroll,
                              in_axes=in_axes, out_axes=out_axes,
-                             transform_metadata=transform_metadata)
+                             transform_metadata=transform_metadata, graph=graph,
+                             graph_updates=graph_updates)
 
   @functools.wraps(f)
   def wrapper(*args):
@@ -274,7 +279,7 @@ def scan(f=None, *, length=None, reverse: bool = False, unroll: int | bool = 1,
       results.append(value)
     return tuple(results) if len(out_spec) > 1 else results[0]
 
-  return wrapper
+  return tree_mode.wrap('scan', wrapper, graph, graph_updates)
 
 
 def _strip_nodes(value, roots):

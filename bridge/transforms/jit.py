@@ -24,6 +24,7 @@ import typing as tp
 import jax
 
 from bridge.graph import GraphDef
+from bridge.transforms import tree_mode
 from bridge.transforms._boundary import (
   Box,
   FlatCache,
@@ -278,25 +279,31 @@ def _restore_positions(dyn_args: list, static_args: tuple, n_args: int) -> list:
 
 def jit(fun=None, *, in_shardings=None, out_shardings=None, static_argnums=None,
         static_argnames=None, donate_argnums=None, donate_argnames=None, keep_unused=False,
-        device=None, backend=None, inline=False):
+        device=None, backend=None, inline=False, graph: bool | None = None,
+        graph_updates: bool | None = None):
   """``jax.jit`` for functions of Modules; a decorator with or without arguments.
 
   Modules (and Rngs, Variables) among the arguments are split into GraphDef + State at the
   boundary and rebuilt inside; every change made inside (new values, new Variables, RNG
   counters) is visible on the caller's objects afterwards. ``donate_argnums`` on a Module
   donates its arrays; ``in_shardings`` gives one sharding per argument (for a Module, its
-  arrays). See the module docstring for an example.
+  arrays). ``graph=False``/``graph_updates=False``: see ``bridge.transforms.tree_mode``.
+  See the module docstring for an example.
   """
+  if fun is None:
+    return functools.partial(jit, in_shardings=in_shardings, out_shardings=out_shardings,
+                             static_argnums=static_argnums, static_argnames=static_argnames,
+                             donate_argnums=donate_argnums, donate_argnames=donate_argnames,
+                             keep_unused=keep_unused, device=device, backend=backend,
+                             inline=inline, graph=graph, graph_updates=graph_updates)
   kwargs = dict(in_shardings=in_shardings, out_shardings=out_shardings,
                 static_argnums=static_argnums, static_argnames=static_argnames,
                 donate_argnums=donate_argnums, donate_argnames=donate_argnames,
                 keep_unused=keep_unused, device=device, backend=backend, inline=inline)
-  if fun is None:
-    return functools.partial(jit, **kwargs)
   for name in ('keep_unused', 'inline'):
     if not kwargs[name]:
       del kwargs[name]
   for name in ('device', 'backend'):
     if kwargs[name] is None:
       del kwargs[name]
-  return Jitted(fun, **kwargs)
+  return tree_mode.wrap('jit', Jitted(fun, **kwargs), graph, graph_updates)

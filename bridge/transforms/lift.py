@@ -19,6 +19,7 @@ import typing as tp
 import jax
 from jax import lax
 
+from bridge.transforms import tree_mode
 from bridge.transforms._boundary import (
   Box,
   Flat,
@@ -49,7 +50,8 @@ def lifted_call(run: tp.Callable, fns: tp.Sequence[tp.Callable], args: tp.Sequen
   return write_back(flat, box.value, out_leaves)
 
 
-def eval_shape(f, *args, **kwargs):
+def eval_shape(f, *args, graph: bool | None = None, graph_updates: bool | None = None,
+               **kwargs):
   """``jax.eval_shape`` for functions of Modules: the output (Modules included) with
   ``jax.ShapeDtypeStruct`` values; no arrays are allocated. The arguments are never
   modified: Modules in the output are new objects, even those ``f`` got as arguments.
@@ -61,13 +63,15 @@ def eval_shape(f, *args, **kwargs):
   >>> out.shape, type(model.kernel.value).__name__
   ((1, 3), 'ArrayImpl')
   """
+  args = tree_mode.call('eval_shape', lambda *a: a, graph, graph_updates, *args)
   g = functools.partial(f, **kwargs) if kwargs else f
   dyn_args, flat, leaves = split_args(args)
   out_leaves, box = jax.eval_shape(_pure(flat, g), leaves, dyn_args)
   return build_copy(box.value, out_leaves)
 
 
-def remat(f=None, *, prevent_cse: bool = True, static_argnums=(), policy=None):
+def remat(f=None, *, prevent_cse: bool = True, static_argnums=(), policy=None,
+          graph: bool | None = None, graph_updates: bool | None = None):
   """``jax.checkpoint`` for functions of Modules: intermediates are recomputed in the
   backward pass instead of stored.
 
@@ -80,7 +84,7 @@ def remat(f=None, *, prevent_cse: bool = True, static_argnums=(), policy=None):
   """
   if f is None:
     return functools.partial(remat, prevent_cse=prevent_cse, static_argnums=static_argnums,
-                             policy=policy)
+                             policy=policy, graph=graph, graph_updates=graph_updates)
   if static_argnums:
     raise NotImplementedError('remat: static_argnums is not supported; close over the '
                               'static values instead (functools.partial).')
@@ -90,13 +94,14 @@ def remat(f=None, *, prevent_cse: bool = True, static_argnums=(), policy=None):
     return lifted_call(
       lambda pures, leaves, dyn: jax.checkpoint(pures[0], prevent_cse=prevent_cse,
                                                 policy=policy)(leaves, dyn), [f], args)
-  return wrapper
+  return tree_mode.wrap('remat', wrapper, graph, graph_updates)
 
 
 checkpoint = remat
 
 
-def cond(pred, true_fun: tp.Callable, false_fun: tp.Callable, *operands):
+def cond(pred, true_fun: tp.Callable, false_fun: tp.Callable, *operands,
+         graph: bool | None = None, graph_updates: bool | None = None):
   """``lax.cond`` whose branches may take and mutate Modules (both branches must leave the
   same structure).
 
@@ -108,13 +113,25 @@ def cond(pred, true_fun: tp.Callable, false_fun: tp.Callable, *operands):
   >>> nnx.cond(True, up, down, c); int(c.value)
   1
   """
+  operands = tree_mode.call('cond', lambda *a: a, graph, graph_updates, *operands)
   return lifted_call(
     lambda pures, leaves, dyn: lax.cond(pred, pures[0], pures[1], leaves, dyn),
     [true_fun, false_fun], operands)
 
 
-def switch(index, branches: tp.Sequence[tp.Callable], *operands):
-  """``lax.switch`` whose branches may take and mutate Modules."""
+def switch(index, branches: tp.Sequence[tp.Callable], *operands, graph: bool | None = None,
+           graph_updates: bool | None = None):
+  """``lax.switch`` whose branches may take and mutate Modules.
+
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> c = nnx.Variable(jnp.array(1))
+  >>> def double(c): c.value *= 2
+  >>> def negate(c): c.value = -c.value
+  >>> nnx.switch(1, [double, negate], c); int(c.value)
+  -1
+  """
+  operands = tree_mode.call('switch', lambda *a: a, graph, graph_updates, *operands)
   return lifted_call(lambda pures, leaves, dyn: lax.switch(index, pures, leaves, dyn),
                      list(branches), operands)
 
@@ -148,7 +165,8 @@ def _loop(run, f_body, init_val, f_cond=None):
   return insert(out_dyn, flat.roots)
 
 
-def fori_loop(lower, upper, body_fun: tp.Callable, init_val, *, unroll=None):
+def fori_loop(lower, upper, body_fun: tp.Callable, init_val, *, unroll=None,
+              graph: bool | None = None, graph_updates: bool | None = None):
   """``lax.fori_loop`` whose carry may hold Modules (updated in place afterwards).
 
   >>> import jax.numpy as jnp
@@ -161,11 +179,24 @@ def fori_loop(lower, upper, body_fun: tp.Callable, init_val, *, unroll=None):
   (6, 6)
   """
   kwargs = {} if unroll is None else {'unroll': unroll}
+  (init_val,) = tree_mode.call('fori_loop', lambda *a: a, graph, graph_updates, init_val)
   return _loop(lambda body, _, init: lax.fori_loop(lower, upper, body, init, **kwargs),
                body_fun, init_val)
 
 
-def while_loop(cond_fun: tp.Callable, body_fun: tp.Callable, init_val):
-  """``lax.while_loop`` whose carry may hold Modules (updated in place afterwards)."""
+def while_loop(cond_fun: tp.Callable, body_fun: tp.Callable, init_val, *,
+               graph: bool | None = None, graph_updates: bool | None = None):
+  """``lax.while_loop`` whose carry may hold Modules (updated in place afterwards).
+
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> c = nnx.Variable(jnp.array(1))
+  >>> def body(c):
+  ...   c.value *= 3
+  ...   return c
+  >>> int(nnx.while_loop(lambda c: c.value < 20, body, c).value)
+  27
+  """
+  (init_val,) = tree_mode.call('while_loop', lambda *a: a, graph, graph_updates, init_val)
   return _loop(lambda body, cond_fn, init: lax.while_loop(cond_fn, body, init),
                body_fun, init_val, f_cond=cond_fun)
