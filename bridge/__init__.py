@@ -23,9 +23,11 @@ from bridge import (
   metrics,
   object,
   rngs,
+  summary,
   training,
   traversals,
   variables,
+  visualization,
 )
 from bridge.capture import capture
 from bridge._callable_module import make_callable as _make_callable
@@ -152,6 +154,7 @@ from bridge.state import (
   to_flat_state,
   to_pure_dict,
 )
+from bridge.summary import tabulate
 from bridge.transforms.autodiff import DiffState, grad, value_and_grad
 from bridge.transforms.iteration import Carry, StateAxes, scan, vmap
 from bridge.transforms.jit import jit
@@ -187,6 +190,7 @@ from bridge.variables import (
   with_metadata,
 )
 from bridge.view import view, view_info, with_attributes
+from bridge.visualization import display
 
 # ``bridge.state`` is the function, as ``nnx.state`` is; the module is ``bridge.state`` in
 # sys.modules, so ``from bridge.state import State`` still works.
