@@ -36,7 +36,7 @@ def _copy_variables(tree):
     if not isinstance(x, Variable):
       raise TypeError(
         f"EMA only supports Variable leaves, got {type(x).__name__} at path "
-        f"'{'/'.join(str(getattr(k, 'key', k)) for k in path)}'. Use the `only` filter to "
+        f"'{'/'.join(str(k) for k in path)}'. Use the `only` filter to "
         'select Variable leaves.')
     return type(x)(jnp.copy(x.get_value()), **x.get_metadata())
   return jax.tree.map_with_path(copy, tree, is_leaf=_is_variable)

@@ -8,8 +8,9 @@
 """
 
 import typing as tp
+from collections.abc import Callable
 
 import jax
 
-Initializer = jax.nn.initializers.Initializer | tp.Callable[..., tp.Any]
+Initializer = jax.nn.initializers.Initializer | Callable[..., tp.Any]
 """An initializer: ``init(key, shape, dtype=...) -> Array``."""
