@@ -304,3 +304,35 @@ def test_pmap_state_axes_and_errors():
 
 def test_pmap_signature_matches_flax():
   assert_same_signature('pmap')
+
+
+# -- transform_metadata --------------------------------------------------------------------
+def transform_metadata_run(lib):
+  kw = {'eager_sharding': False} if lib is fnnx else {}  # flax would want a mesh otherwise
+
+  class Stack(lib.Module):
+    def __init__(self, sharding):
+      self.w = lib.Param(jnp.ones((4, 3)), out_sharding=sharding, **kw)
+
+  seen = []
+
+  @lib.transform_metadata(in_axes=(0, None), out_axes=0, partition='layers')
+  def f(m, x):
+    seen.append(m.w.get_metadata()['out_sharding'])
+    m.w.value = m.w.value * x
+    return Stack(('model',))
+
+  m = Stack(('layers', 'model'))
+  out = f(m, 3.0)
+  return (seen, m.w.get_metadata()['out_sharding'], m.w.value.tolist(),
+          out.w.get_metadata()['out_sharding'])
+
+
+def test_transform_metadata_matches_flax():
+  ours = transform_metadata_run(nnx)
+  assert ours == transform_metadata_run(fnnx)
+  assert ours[0] == [('model',)] and ours[1] == ('layers', 'model') == ours[3]
+
+
+def test_transform_metadata_signature_matches_flax():
+  assert_same_signature('transform_metadata')
