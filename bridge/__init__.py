@@ -165,6 +165,7 @@ from bridge.transforms.make_jaxpr import make_jaxpr
 from bridge.transforms.partial import cached_partial, jit_partial
 from bridge.transforms.shard_map import shard_map
 from bridge.transforms.state_sharding import StateSharding
+from bridge.transforms.transform_metadata import transform_metadata
 from bridge.with_rngs import with_rngs
 from bridge.transforms.lift import (
   checkpoint,
