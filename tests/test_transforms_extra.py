@@ -336,3 +336,14 @@ def test_transform_metadata_matches_flax():
 
 def test_transform_metadata_signature_matches_flax():
   assert_same_signature('transform_metadata')
+
+
+# -- tracers -------------------------------------------------------------------------------
+def test_tracers_module_matches_flax():
+  from flax.nnx import tracers as ftracers
+  assert nnx.tracers.current_jax_trace() == ftracers.current_jax_trace()
+  for lib in (nnx.tracers, ftracers):
+    outside = lib.TraceState()
+    closed, passed = jax.jit(lambda s, o=outside: (o.is_valid(), s.is_valid()))(outside)
+    assert outside.is_valid() and not closed and passed  # rebuilt inside: the inner trace
+    assert outside == lib.TraceState() and jax.tree.leaves(outside) == []
