@@ -32,6 +32,7 @@ from bridge import (
 from bridge.capture import capture
 from bridge._callable_module import make_callable as _make_callable
 from bridge.ema import EMA
+from bridge.extract import NodeStates, from_tree, to_tree
 from bridge.filters import All, Any, Everything, Not, Nothing, OfType, PathContains, PathIn, WithTag
 from bridge.graph import (
   GraphDef,
@@ -47,8 +48,18 @@ from bridge.graph import (
 )
 from bridge.graph import state as _graph_state
 from bridge.graph_call import call
+from bridge.graph_context import (
+  MergeContext,
+  SplitContext,
+  UpdateContext,
+  current_update_context,
+  merge_context,
+  split_context,
+  update_context,
+)
 from bridge.graph_map import map, recursive_map, set_metadata
 from bridge.graph_mode import set_graph_mode, set_graph_updates
+from bridge.graph_state import GraphState, PureState, as_pure, pure, unpack
 from bridge.helpers import TrainState
 from bridge.interop.metadata import (
   PARTITION_NAME,
@@ -61,6 +72,7 @@ from bridge.interop.to_linen import ToLinen, to_linen
 from bridge.interop.to_nnx import ToNNX, lazy_init
 from bridge.metrics import Metric, MultiMetric
 from bridge.module import Dict, List, Module, Sequential, iter_children, iter_modules
+from bridge.module_children import A, M, iter_module_children
 from bridge.nn import initializers
 from bridge.nn.activations import (
   PReLU,
@@ -163,12 +175,10 @@ from bridge.transforms.custom_vjp import custom_vjp
 from bridge.transforms.checkify import checkify
 from bridge.transforms.make_jaxpr import make_jaxpr
 from bridge.transforms.partial import cached_partial, jit_partial
-from bridge.transforms.pmap import pmap
 from bridge.transforms.shard_map import shard_map
 from bridge.transforms.state_sharding import StateSharding
 from bridge.transforms.transform_metadata import transform_metadata
 from bridge.with_rngs import with_rngs
-from bridge import tracers
 from bridge.transforms.lift import (
   checkpoint,
   cond,

@@ -19,7 +19,8 @@ module filled with them, so Linen training code drives it unchanged.
 >>> class MLP(nnx.bridge.Module):
 ...   @nnx.bridge.compact
 ...   def __call__(self, x):
-...     return Dense(2)(jax.nn.relu(Dense(4)(x)))
+...     h = jax.nn.relu(Dense(4)(x))
+...     return Dense(2)(h)
 >>> variables = MLP().init(0, jnp.ones((1, 3)))
 >>> jax.tree.map(jnp.shape, variables['params'])
 {'Dense_0': {'w': (3, 4)}, 'Dense_1': {'w': (4, 2)}}
