@@ -237,8 +237,8 @@ class FlatCache:
     flat = Flat(roots, _evicter(weakref.ref(self), key))
     self.entries.pop(key, None)  # replaces an outdated walk of the same objects, if any
     self.entries[key] = flat
-    if len(self.entries) > self.size:
-      del self.entries[next(iter(self.entries))]
+    if len(self.entries) > self.size:  # (pop: a freed root may have evicted it meanwhile)
+      self.entries.pop(next(iter(self.entries)), None)
     return flat
 
 
