@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx as fnnx
-from signature_parity import assert_same_signature
+from flax_parity import assert_same_signature
 
 import bridge as nnx
 
