@@ -57,7 +57,7 @@ def recursive_map(f: tp.Callable[[PathParts, tp.Any], tp.Any], node: tp.Any, /, 
   (children before parents, each shared node once) and puts back what ``f`` returns.
 
   The copy has new Modules and containers but the same Variables and arrays as ``node``.
-  ``graph`` is accepted for flax.nnx compatibility; bridge always walks the graph.
+  In tree mode (``graph=False`` or ``set_graph_mode(False)``) shared references are an error.
 
   >>> import bridge as nnx
   >>> model = nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
@@ -71,8 +71,7 @@ def recursive_map(f: tp.Callable[[PathParts, tp.Any], tp.Any], node: tp.Any, /, 
   >>> new is model, new.layers[0].kernel is model.layers[0].kernel
   (False, True)
   """
-  del graph
-  graphdef, leaves = flatten(node)
+  graphdef, leaves = flatten(node, graph=graph)
   copy = unflatten(graphdef, [leaf for _, leaf in leaves])
   results: dict[int, tp.Any] = {}
   in_progress: set[int] = set()
@@ -106,7 +105,7 @@ def map(f: tp.Callable[[tuple, tp.Any], tp.Any], node: A, /, *, graph: bool | No
   ``node``'s State. A plain value returned for a Variable is wrapped in a Variable of the
   same type and metadata, unless ``recreate_variables=False``.
 
-  ``graph`` is accepted for flax.nnx compatibility; bridge always walks the graph.
+  In tree mode (``graph=False`` or ``set_graph_mode(False)``) shared references are an error.
 
   >>> import bridge as nnx
   >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
@@ -114,8 +113,7 @@ def map(f: tp.Callable[[tuple, tp.Any], tp.Any], node: A, /, *, graph: bool | No
   >>> type(doubled.kernel).__name__, bool((doubled.kernel == 2 * model.kernel).all())
   ('Param', True)
   """
-  del graph
-  graphdef, leaves = flatten(node)
+  graphdef, leaves = flatten(node, graph=graph)
   new_leaves = [f(path, leaf) for path, leaf in leaves]
   out = unflatten(graphdef, new_leaves)
   if not recreate_variables:

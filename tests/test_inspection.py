@@ -205,3 +205,17 @@ def test_graphlib_has_the_graph_functions():
   for name in ('split', 'merge', 'state', 'variables', 'map', 'recursive_map', 'set_metadata',
                'iter_graph', 'clone', 'GraphDef', 'Key'):
     assert hasattr(graphlib, name) and hasattr(fnnx.graphlib, name), name
+
+
+def test_variables_signature_matches_flax():
+  assert_same_signature(nnx.variables, fnnx.variables)
+
+
+@pytest.mark.parametrize('name', ['map', 'recursive_map'])
+def test_tree_mode_refuses_shared_references_like_flax(name):
+  for n in (nnx, fnnx):
+    shared = n.Linear(2, 2, rngs=n.Rngs(0))
+    with pytest.raises(ValueError):
+      getattr(n, name)(lambda path, x: x, n.List([shared, shared]), graph=False)
+    new = getattr(n, name)(lambda path, x: x, n.List([shared, shared]), graph=True)
+    assert new[0].kernel is new[1].kernel
