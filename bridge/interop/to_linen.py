@@ -57,8 +57,14 @@ def _shape(x) -> tuple:
   return tuple(getattr(x, 'shape', np.shape(x)))
 
 
+_ONE_LEAF = jax.tree.structure(0)
+
+
 def _layout(value) -> tuple:
-  """What an incoming value must match: its tree structure and the shape of each array."""
+  """What an incoming value must match: its tree structure and the shape of each array
+  (an array, the common case, without walking it as a tree)."""
+  if isinstance(value, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)):
+    return _ONE_LEAF, (tuple(value.shape),)
   leaves, treedef = jax.tree.flatten(value)
   return treedef, tuple(_shape(x) for x in leaves)
 
