@@ -239,13 +239,14 @@ class _ModuleMeta(type(nnx_module.Module)):
     return module
 
 
-class Module(nnx_module.Module, metaclass=_ModuleMeta):
-  """The base class of Linen-style bridge Modules (see the module docstring)."""
+class Module(nnx_module.Module, metaclass=_ModuleMeta, pytree=False):
+  """The base class of Linen-style bridge Modules (see the module docstring). As in flax,
+  they are graph nodes but not JAX pytrees (``pytree=False``)."""
 
   scope: tp.ClassVar[Scope | None] = None  # the instance's own value shadows it
 
-  def __init_subclass__(cls, **kwargs) -> None:
-    super().__init_subclass__(**kwargs)
+  def __init_subclass__(cls) -> None:
+    super().__init_subclass__(pytree=False)
     dataclasses.dataclass(repr=False)(cls)
     cls.__hash__ = object.__hash__
 
