@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from bridge import filters as filterlib
-from bridge.graph import iter_graph
+from bridge.graph import check_tree, iter_graph
 from bridge.object import Object, bump_structure_epoch
 from bridge.variables import Perturbation, Variable, variable_type_from_name
 
@@ -105,7 +105,7 @@ class Module(Object):
                         raise_if_not_found=False)
 
 
-def iter_modules(module) -> tp.Iterator[tuple[tuple, Module]]:
+def iter_modules(module, /, *, graph: bool | None = None) -> tp.Iterator[tuple[tuple, Module]]:
   """Every Module in the graph once, as ``(path, module)``, children before parents.
 
   >>> import bridge as nnx
@@ -113,13 +113,25 @@ def iter_modules(module) -> tp.Iterator[tuple[tuple, Module]]:
   >>> [(p, type(x).__name__) for p, x in nnx.iter_modules(m)]
   [(('layers', 0), 'Linear'), ((), 'Sequential')]
   """
-  for path, x in iter_graph(module):
+  for path, x in iter_graph(module, graph=graph):
     if isinstance(x, Module):
       yield path, x
 
 
-def iter_children(module) -> tp.Iterator[tuple[str, Module]]:
-  """The Modules that are direct attributes of ``module``, as ``(name, module)``."""
+def iter_children(module, /, *, graph: bool | None = None
+                  ) -> tp.Iterator[tuple[str, Module]]:
+  """The Modules that are direct attributes of ``module``, as ``(name, module)``; in tree
+  mode (``graph=False``) shared references in ``module`` are a ValueError.
+
+  >>> import bridge as nnx
+  >>> class Pair(nnx.Module):
+  ...   def __init__(self):
+  ...     self.a = nnx.Linear(1, 1, rngs=nnx.Rngs(0))
+  ...     self.size = 1
+  >>> [name for name, _ in nnx.iter_children(Pair())]
+  ['a']
+  """
+  check_tree(module, 'iter_children', graph)
   for name, x in module._graph_children().items():
     if isinstance(x, Module):
       yield name, x
