@@ -235,8 +235,10 @@ def test_rnn_errors():
     nnx.RNN(nnx.GRUCell(I, H, rngs=nnx.Rngs(0)))(jnp.ones((I,)))
   with pytest.raises(ValueError, match='RNGs must be provided'):
     nnx.RNN(nnx.GRUCell(I, H, rngs=nnx.Rngs(0)), rngs=False)(jnp.ones((B, T, I)))
-  with pytest.raises(TypeError, match='rngs must be'):
+  with pytest.raises(ValueError, match='RNN: rngs must be'):   # flax.nnx: ValueError too
     nnx.RNN(nnx.GRUCell(I, H, rngs=nnx.Rngs(0)), rngs='carry')
+  with pytest.raises(ValueError):
+    fnnx.RNN(fnnx.GRUCell(I, H, rngs=fnnx.Rngs(0)), rngs='carry')
   with pytest.raises(ValueError, match='in_features=3'):
     nnx.RNN(nnx.GRUCell(I, H, rngs=nnx.Rngs(0)))(jnp.ones((B, T, I + 1)))
 
@@ -292,5 +294,7 @@ def test_bidirectional_equals_flax_nnx_and_linen():
     {'params': {'forward_rnn': {'cell': linen_params(cells[0])},
                 'backward_rnn': {'cell': linen_params(cells[1])}}}, x)
   jax.tree.map(np.testing.assert_array_equal, out, lout)
-  with pytest.raises(TypeError, match='Bidirectional: rngs'):
+  with pytest.raises(TypeError, match='Bidirectional: rngs'):   # flax.nnx: TypeError too
     nnx.Bidirectional(ours.forward_rnn, ours.backward_rnn, rngs=1.5)
+  with pytest.raises(TypeError):
+    fnnx.Bidirectional(theirs.forward_rnn, theirs.backward_rnn, rngs=1.5)

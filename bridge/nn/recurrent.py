@@ -396,9 +396,10 @@ def _concatenate(a, b):
   return jnp.concatenate([a, b], axis=-1)
 
 
-def _carry_stream(rngs, owner: str):
+def _carry_stream(rngs, owner: str, error: type[Exception]):
   """``rngs`` as an ``RNN``/``Bidirectional`` holds it: ``True`` a new ``carry`` stream
-  seeded 0, ``False`` none, ``Rngs`` a fork of its ``carry`` stream, a stream itself."""
+  seeded 0, ``False`` none, ``Rngs`` a fork of its ``carry`` stream, a stream itself;
+  anything else raises ``error`` (flax.nnx's type for that owner)."""
   if rngs is True:
     return RngStream(0, tag='carry')
   if rngs is False:
@@ -407,8 +408,8 @@ def _carry_stream(rngs, owner: str):
     return rngs.carry.fork()
   if isinstance(rngs, RngStream):
     return rngs
-  raise TypeError(f'{owner}: rngs must be an nnx.Rngs, an RngStream or a bool, got '
-                  f'{type(rngs).__name__}.')
+  raise error(f'{owner}: rngs must be an nnx.Rngs, an RngStream or a bool, got '
+              f'{type(rngs).__name__}.')
 
 
 _CARRY_ALL = StateAxes({...: Carry})
@@ -445,7 +446,7 @@ class RNN(Module):
     self.reverse = reverse
     self.keep_order = keep_order
     self.unroll = unroll
-    self.rngs = _carry_stream(rngs, 'RNN')
+    self.rngs = _carry_stream(rngs, 'RNN', ValueError)
     self.state_axes = state_axes or _CARRY_ALL
     self.broadcast_rngs = broadcast_rngs
 
@@ -535,7 +536,7 @@ class Bidirectional(Module):
     self.merge_fn = merge_fn
     self.time_major = time_major
     self.return_carry = return_carry
-    self.rngs = _carry_stream(rngs, 'Bidirectional')
+    self.rngs = _carry_stream(rngs, 'Bidirectional', TypeError)
 
   def __call__(self, inputs, *, initial_carry=None, rngs=None, seq_lengths=None,
                return_carry=None, time_major=None, reverse=None, keep_order=None):
