@@ -219,3 +219,26 @@ def test_tree_mode_refuses_shared_references_like_flax(name):
       getattr(n, name)(lambda path, x: x, n.List([shared, shared]), graph=False)
     new = getattr(n, name)(lambda path, x: x, n.List([shared, shared]), graph=True)
     assert new[0].kernel is new[1].kernel
+
+
+def test_display_prints_outside_ipython_like_flax(capsys):
+  nnx.display(1, 'two', [3])
+  ours = capsys.readouterr().out
+  fnnx.display(1, 'two', [3])
+  assert ours == capsys.readouterr().out == '1\ntwo\n[3]\n'
+  model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  nnx.display(model)
+  assert capsys.readouterr().out == f'{model}\n'
+
+
+def test_display_uses_treescope_in_ipython(monkeypatch):
+  import treescope
+
+  from bridge import visualization
+  shown = []
+  monkeypatch.setattr(visualization, '_in_ipython', lambda: True)
+  monkeypatch.setattr(treescope, 'display', lambda x, **kwargs: shown.append((x, kwargs)))
+  nnx.display(1, 'two')
+  assert shown == [(1, {'ignore_exceptions': True, 'autovisualize': True}),
+                   ('two', {'ignore_exceptions': True, 'autovisualize': True})]
+  assert nnx.visualization is visualization and hasattr(fnnx.visualization, 'display')
