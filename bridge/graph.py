@@ -101,6 +101,12 @@ class GraphDef:
     """``merge(self, state, *states)``."""
     return merge(self, state, *states)
 
+  def apply(self, state, *states, graph: bool | None = None):
+    """A proxy calling a method of the merged graph: ``graphdef.apply(state)(x)`` returns
+    ``(output, (graphdef, state))`` (see ``bridge.graph_call.apply``)."""
+    from bridge.graph_call import apply  # graph_call imports this module
+    return apply(self, state, *states, graph=graph)
+
   def __repr__(self):
     return f'GraphDef({_def_repr(self.root)})'
 

@@ -35,14 +35,28 @@ def call(graphdef_state: tuple[GraphDef, State], /) -> ApplyCaller[tuple[GraphDe
   method reached by the attribute/item accesses made on the result (the graph itself when
   none), and returns ``(output, (graphdef, state))`` of the updated graph. See the module
   docstring for an example."""
-  if not isinstance(graphdef_state, tuple) or not graphdef_state \
+  if not isinstance(graphdef_state, tuple) or len(graphdef_state) < 2 \
       or not isinstance(graphdef_state[0], GraphDef):
     raise TypeError('call expects a (GraphDef, State, ...) tuple as split returns it, got '
                     f'{type(graphdef_state).__name__}.')
+  return apply(*graphdef_state)
 
+
+def apply(graphdef: GraphDef, state: State, *states: State, graph: bool | None = None
+          ) -> ApplyCaller[tuple[GraphDef, State]]:
+  """``GraphDef.apply``: ``call((graphdef, state, *states))``, the updated graph split in
+  ``graph`` mode (None: the global mode).
+
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> graphdef, state = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+  >>> y, (graphdef, state) = graphdef.apply(state)(jnp.ones((1, 2)))
+  >>> y.shape
+  (1, 3)
+  """
   def run(accessor: DelayedAccessor, *args, **kwargs):
-    node = merge(*graphdef_state)
+    node = merge(graphdef, state, *states)
     out = accessor(node)(*args, **kwargs)
-    return out, split(node)
+    return out, split(node, graph=graph)
 
   return CallableProxy(run)

@@ -173,3 +173,15 @@ def test_module_namespaces_exist():
   assert nnx.proxy_caller.CallableProxy and nnx.deprecations.deprecated
   assert isinstance(nnx.A, type(fnnx.A)) and nnx.M.__bound__ is nnx.Module
   assert nnx.PureState.__args__[0] is nnx.GraphDef
+
+
+@pytest.mark.parametrize('graph', [None, False])
+def test_graphdef_apply_matches_flax(graph):
+  results = []
+  for lib in (fnnx, nnx):
+    graphdef, params, stats = lib.split(counter(lib)(), lib.Param, ...)
+    out, (new_graphdef, new_state) = graphdef.apply(params, stats, graph=graph).add(4)
+    if graph is None:  # (tree mode re-splits into a tree-mode GraphDef in flax)
+      assert new_graphdef == graphdef
+    results.append((out, new_state.to_pure_dict()))
+  assert_trees_equal(results[1], results[0])
