@@ -347,3 +347,21 @@ def test_tracers_module_matches_flax():
     closed, passed = jax.jit(lambda s, o=outside: (o.is_valid(), s.is_valid()))(outside)
     assert outside.is_valid() and not closed and passed  # rebuilt inside: the inner trace
     assert outside == lib.TraceState() and jax.tree.leaves(outside) == []
+
+
+# -- tree mode / no graph updates ----------------------------------------------------------
+def test_tree_mode_refuses_shared_references_and_no_updates_keeps_new_attributes_inside():
+  for lib, message in ((nnx, 'shared reference'), (fnnx, 'Duplicate')):
+    m = lib.Linear(3, 2, rngs=lib.Rngs(0))
+    with pytest.raises(ValueError, match=message):
+      lib.vjp(lambda a, b: loss(a, x23()) + loss(b, x23()), m, m, graph=False)
+
+  def grow(lib):
+    def f(m, x):
+      m.extra = lib.BatchStat(jnp.zeros(()))
+      m.calls[...] += 1.0
+      return m(x)
+    m = Counted.make(lib)
+    lib.checkify(f, graph_updates=False)(m, x23())
+    return hasattr(m, 'extra'), float(m.calls[...])
+  assert grow(nnx) == grow(fnnx) == (False, 2.0)  # f and the call each count once

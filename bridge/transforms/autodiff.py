@@ -23,6 +23,7 @@ import jax
 from bridge import filters as filterlib
 from bridge.graph_mode import resolve
 from bridge.state import State
+from bridge.transforms import tree_mode
 from bridge.transforms._boundary import (
   Box,
   Flat,
@@ -207,8 +208,9 @@ def grad(f=None, *, argnums=0, has_aux: bool = False, holomorphic: bool = False,
   if f is None:
     return functools.partial(grad, argnums=argnums, has_aux=has_aux, holomorphic=holomorphic,
                              allow_int=allow_int, graph=graph, graph_updates=graph_updates)
-  return _transform(f, argnums, has_aux, holomorphic, allow_int, return_value=False,
-                    as_state=_as_state(argnums, graph, graph_updates, 'grad'))
+  transformed = _transform(f, argnums, has_aux, holomorphic, allow_int, return_value=False,
+                           as_state=_as_state(argnums, graph, graph_updates, 'grad'))
+  return tree_mode.wrap('grad', transformed, graph, graph_updates)
 
 
 def value_and_grad(f=None, *, argnums=0, has_aux: bool = False, holomorphic: bool = False,
@@ -229,8 +231,9 @@ def value_and_grad(f=None, *, argnums=0, has_aux: bool = False, holomorphic: boo
     return functools.partial(value_and_grad, argnums=argnums, has_aux=has_aux,
                              holomorphic=holomorphic, allow_int=allow_int, graph=graph,
                              graph_updates=graph_updates)
-  return _transform(f, argnums, has_aux, holomorphic, allow_int, return_value=True,
-                    as_state=_as_state(argnums, graph, graph_updates, 'value_and_grad'))
+  transformed = _transform(f, argnums, has_aux, holomorphic, allow_int, return_value=True,
+                           as_state=_as_state(argnums, graph, graph_updates, 'value_and_grad'))
+  return tree_mode.wrap('value_and_grad', transformed, graph, graph_updates)
 
 
 def _as_state(argnums, graph, graph_updates, name: str) -> bool:

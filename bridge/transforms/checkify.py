@@ -18,7 +18,7 @@ import functools
 
 from jax.experimental import checkify as checkify_lib
 
-from bridge.graph_mode import resolve
+from bridge.transforms import tree_mode
 from bridge.transforms.lift import lifted_call
 
 
@@ -27,8 +27,6 @@ def checkify(f, errors=checkify_lib.user_checks, graph: bool | None = None,
   """Returns ``g`` with ``g(*args) == (error, f(*args))``: the checks ``f`` makes (and the
   ``errors`` kinds jax can add) come back as a ``checkify.Error`` instead of raising, and
   changes made to Modules are written back. See the module docstring."""
-  resolve(graph, graph_updates)
-
   @functools.wraps(f)
   def wrapper(*args, **kwargs):
     g = functools.partial(f, **kwargs) if kwargs else f
@@ -42,4 +40,4 @@ def checkify(f, errors=checkify_lib.user_checks, graph: bool | None = None,
     out = lifted_call(run, [g], args)
     return error[0], out
 
-  return wrapper
+  return tree_mode.wrap('checkify', wrapper, graph, graph_updates)

@@ -43,6 +43,7 @@ import numpy as np
 from bridge.graph import flatten
 from bridge.graph_mode import resolve
 from bridge.state import State
+from bridge.transforms import tree_mode
 from bridge.transforms._boundary import (
   Box,
   Flat,
@@ -61,12 +62,13 @@ class CustomVjp:
   """What ``custom_vjp`` returns: call it like the function once ``defvjp(fwd, bwd)`` gave
   its rules. See the module docstring."""
 
-  def __init__(self, fun, nondiff_argnums: tuple, as_state: bool):
+  def __init__(self, fun, nondiff_argnums: tuple, graph: bool | None,
+               graph_updates: bool | None):
     functools.update_wrapper(self, fun)
-    self.fun = fun
+    self.fun, self.graph, self.graph_updates = fun, graph, graph_updates
     self.nondiff_ints = tuple(n for n in nondiff_argnums if not isinstance(n, DiffState))
     self.diff_states = {d.argnum: d for d in nondiff_argnums if isinstance(d, DiffState)}
-    self.as_state = as_state
+    self.as_state = all(resolve(graph, graph_updates))
     self.fwd = self.bwd = None
 
   def defvjp(self, fwd: tp.Callable, bwd: tp.Callable, symbolic_zeros: bool = False) -> None:
@@ -80,6 +82,7 @@ class CustomVjp:
     if self.fwd is None:
       raise AttributeError(f'No VJP defined for custom_vjp function {self.__name__} using '
                            'defvjp.')
+    args = tree_mode.call('custom_vjp', lambda *a: a, self.graph, self.graph_updates, *args)
     nodes: list = []
     dyn_args = extract(args, nodes)
     flat = Flat(tuple(nodes))
@@ -215,8 +218,8 @@ def custom_vjp(fun=None, *, nondiff_argnums: tuple = (), graph: bool | None = No
   if fun is None:
     return functools.partial(custom_vjp, nondiff_argnums=nondiff_argnums, graph=graph,
                              graph_updates=graph_updates)
-  as_state = all(resolve(graph, graph_updates))
-  if not as_state and any(isinstance(n, DiffState) for n in nondiff_argnums):
+  if not all(resolve(graph, graph_updates)) and any(isinstance(n, DiffState)
+                                                    for n in nondiff_argnums):
     raise ValueError('custom_vjp: `nondiff_argnums` cannot contain `DiffState` objects when '
                      '`graph=False` or `graph_updates=False`.')
-  return CustomVjp(fun, tuple(nondiff_argnums), as_state)
+  return CustomVjp(fun, tuple(nondiff_argnums), graph, graph_updates)

@@ -17,6 +17,7 @@ import functools
 import jax
 
 from bridge.graph_mode import resolve
+from bridge.transforms import tree_mode
 from bridge.transforms._boundary import build_inside, insert, split_args
 
 
@@ -44,4 +45,4 @@ def make_jaxpr(f=None, *, graph: bool | None = None, graph_updates: bool | None 
 
     return jax.make_jaxpr(pure)(leaves, dyn_args)
 
-  return wrapper
+  return tree_mode.wrap('make_jaxpr', wrapper, graph, graph_updates)

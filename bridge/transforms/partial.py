@@ -50,9 +50,9 @@ def jit_partial(fun, *partial_args, in_shardings=None, out_shardings=None,
   >>> forward(jnp.ones((3, 2))).shape
   (3, 1)
   """
-  resolve(graph, graph_updates)
   jitted = jit(fun, in_shardings=in_shardings, out_shardings=out_shardings,
                static_argnums=static_argnums, static_argnames=static_argnames,
                donate_argnums=donate_argnums, donate_argnames=donate_argnames,
-               keep_unused=keep_unused, device=device, backend=backend, inline=inline)
+               keep_unused=keep_unused, device=device, backend=backend, inline=inline,
+               graph=graph, graph_updates=graph_updates)
   return functools.partial(jitted, *partial_args)

@@ -27,7 +27,7 @@ from types import MappingProxyType
 import jax
 
 from bridge.graph import GraphDef, _Flattener, flatten, unflatten
-from bridge.graph_mode import resolve
+from bridge.transforms import tree_mode
 from bridge.transforms._boundary import Box, NodeSlot, build_inside, insert, is_graph
 from bridge.transforms.iteration import _axis_change, _leaves_of, _map_args
 from bridge.variables import Variable
@@ -69,7 +69,6 @@ def pmap(f=None, *, axis_name=None, in_axes=0, out_axes=0, static_broadcasted_ar
   """``jax.pmap`` for functions of Modules (a decorator, with or without arguments); see
   the module docstring. A broadcast (``None``) Variable comes back from the first device.
   ``donate_argnums`` is not supported."""
-  resolve(graph, graph_updates)
   if f is None:
     return functools.partial(
       pmap, axis_name=axis_name, in_axes=in_axes, out_axes=out_axes,
@@ -122,4 +121,4 @@ def pmap(f=None, *, axis_name=None, in_axes=0, out_axes=0, static_broadcasted_ar
                        is_leaf=lambda x: isinstance(x, _NodeLeaves))
     return insert(out, flat.roots)
 
-  return wrapper
+  return tree_mode.wrap('pmap', wrapper, graph, graph_updates)

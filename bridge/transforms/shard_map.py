@@ -24,7 +24,7 @@ import jax
 from jax.sharding import PartitionSpec
 
 from bridge.graph import GraphDef, _Flattener
-from bridge.graph_mode import resolve
+from bridge.transforms import tree_mode
 from bridge.transforms._boundary import NodeSlot, build_inside, insert, split_args
 from bridge.transforms.state_sharding import StateSharding
 from bridge.variables import Variable
@@ -50,7 +50,6 @@ def shard_map(f=None, *, mesh, in_specs, out_specs, axis_names=frozenset(),
               graph_updates: bool | None = None):
   """``jax.shard_map`` for functions of Modules (a decorator, with or without arguments).
   See the module docstring."""
-  resolve(graph, graph_updates)
   if f is None:
     return functools.partial(shard_map, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                              axis_names=axis_names, check_vma=check_vma, graph=graph,
@@ -96,4 +95,4 @@ def shard_map(f=None, *, mesh, in_specs, out_specs, axis_names=frozenset(),
       handle._raw_value = value
     return out
 
-  return wrapper
+  return tree_mode.wrap('shard_map', wrapper, graph, graph_updates)

@@ -21,6 +21,7 @@ import functools
 import jax
 
 from bridge.graph_mode import resolve
+from bridge.transforms import tree_mode
 from bridge.transforms._boundary import (
   Box,
   Flat,
@@ -79,6 +80,7 @@ def vjp(f=None, *primals, has_aux: bool = False, reduce_axes=(), graph: bool | N
   if f is None or not primals:
     return functools.partial(vjp, *(() if f is None else (f,)), has_aux=has_aux,
                              graph=graph, graph_updates=graph_updates)
+  primals = tree_mode.call('vjp', lambda *a: a, graph, graph_updates, *primals)
   dyn_args, flat, leaves = split_args(primals)
   out, raw_vjp, (effects, box) = jax.vjp(_pure(flat, f, has_aux), leaves, dyn_args,
                                          has_aux=True)
@@ -112,6 +114,8 @@ def jvp(f=None, primals=None, tangents=None, *, has_aux: bool = False,
   if f is None or primals is None or tangents is None:
     return functools.partial(jvp, *(() if f is None else (f,)), has_aux=has_aux,
                              graph=graph, graph_updates=graph_updates)
+  primals = tree_mode.call('jvp', lambda *a: a, graph, graph_updates, *primals)
+  tangents = tree_mode.call('jvp', lambda *a: a, graph, graph_updates, *tangents)
   dyn_args, flat, leaves = split_args(primals)
   t_nodes: list = []
   t_dyn = extract(list(tangents), t_nodes)
