@@ -267,7 +267,8 @@ def fork_rngs(node, /, *, split=None, graph: bool | None = None,
   return backups
 
 
-def reseed(node, /, *, policy: str | tp.Callable = 'scalars_only', **stream_keys) -> None:
+def reseed(node, /, *, graph: bool | None = None, policy: str | tp.Callable = 'scalars_only',
+           **stream_keys) -> None:
   """Resets the named streams in ``node`` to new seeds (counters back to zero).
 
   As in flax.nnx, the new keys are drawn from ``Rngs(**stream_keys)``: each stream
@@ -291,6 +292,7 @@ def reseed(node, /, *, policy: str | tp.Callable = 'scalars_only', **stream_keys
   elif not callable(policy):
     raise ValueError(f"policy must be 'scalars_only', 'match_shape' or a callable, got "
                      f'{policy!r}')
+  check_tree(node, 'reseed', graph)
   seeds = Rngs(**stream_keys)
   for path, stream in _streams(node, ...):
     if stream.tag in stream_keys:

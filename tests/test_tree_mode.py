@@ -138,7 +138,8 @@ def test_transforms_take_graph_keywords_like_flax(name):
     assert ours[keyword].default is None and ours[keyword].kind is inspect.Parameter.KEYWORD_ONLY
 
 
-@pytest.mark.parametrize('name', ['split', 'state', 'graphdef', 'clone', 'iter_graph'])
+@pytest.mark.parametrize('name', ['split', 'state', 'graphdef', 'clone', 'iter_graph',
+                                  'iter_modules', 'iter_children', 'reseed'])
 def test_graph_functions_take_graph_keyword_like_flax(name):
   assert 'graph' in inspect.signature(getattr(fnnx, name)).parameters
   assert inspect.signature(getattr(nnx, name)).parameters['graph'].default is None
