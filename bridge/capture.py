@@ -141,7 +141,6 @@ def capture(fn: tp.Callable | type[Variable], *var_types: type[Variable],
   owner = fn if isinstance(fn, Module) else getattr(fn, '__self__', None)
   owner = owner if isinstance(owner, Module) else None
 
-  @functools.wraps(fn)
   def wrapper(*args, **kwargs):
     module = owner if owner is not None else (args[0] if args else None)
     if not isinstance(module, Module):
@@ -166,4 +165,6 @@ def capture(fn: tp.Callable | type[Variable], *var_types: type[Variable],
     split = states.split(*var_types) if len(var_types) > 1 else states
     return (result, *split) if len(var_types) > 1 else (result, split)
 
+  if not isinstance(fn, Module):  # a Module's __dict__ holds its Variables: not copied
+    functools.update_wrapper(wrapper, fn)
   return wrapper

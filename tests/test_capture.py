@@ -128,6 +128,7 @@ def test_decorator_function_and_bound_method_forms():
     return m(x)
 
   assert_same_state(forward(ours, X)[1], fforward(theirs, X)[1])
+  assert forward.__name__ == 'forward' and not hasattr(nnx.capture(ours.a), 'l1')
   out = nnx.capture(ours.a.__call__, nnx.Intermediate)(X)
   fout = fnnx.capture(theirs.a.__call__, fnnx.Intermediate)(X)
   assert_same_state(out[1], fout[1])
