@@ -329,12 +329,19 @@ def graphdef(node, /, *, graph: bool | None = None) -> GraphDef:
   return _flatten(node)[0]
 
 
-def merge(graphdef: GraphDef, state, /, *states):
-  """Builds the graph back from a GraphDef and the State(s) ``split`` gave.
+def merge(graphdef: GraphDef, state=None, /, *states):
+  """Builds the graph back from a GraphDef and the State(s) ``split`` gave, or from the
+  GraphStates ``unpack`` gave (``merge(params, rest)``).
 
   The Variables in the States are used as they are (not copied). A State that does not fit
   the GraphDef is an error naming the first path that does not fit.
   """
+  if not isinstance(graphdef, GraphDef) and hasattr(graphdef, '_graphdef'):  # GraphState
+    graphdef, state, states = graphdef._graphdef, graphdef._state, \
+      (*(() if state is None else (state,)), *states)
+  if state is None:
+    raise TypeError('merge needs the State(s) of the GraphDef: merge(graphdef, state, ...), '
+                    'or GraphStates from nnx.unpack.')
   by_path = dict(merge_state(state, *states).flat_state())
   used: set = set()
 

@@ -107,6 +107,9 @@ def test_unpack_bundles_graphdef_and_state(lib):
   params, stats = lib.unpack(model, lib.Param, lib.BatchStat)
   assert sorted(params) == ['bias', 'scale'] and sorted(stats) == ['mean', 'var']
   assert params['scale'] is whole['scale'] and params._graphdef == lib.graphdef(model)
+  assert type(lib.merge(whole)) is type(model)
+  rebuilt = lib.merge(params, stats)  # GraphStates carry the GraphDef
+  assert rebuilt.scale is model.scale and rebuilt.mean is model.mean
 
 
 def test_graph_state_pytree_paths_match_flax():
