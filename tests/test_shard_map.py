@@ -122,3 +122,23 @@ def test_signatures_match_flax(name):
   theirs = inspect.signature(getattr(fnnx, name)).parameters
   assert list(ours) == list(theirs)
   assert all(ours[k].default == theirs[k].default for k in list(ours)[1:])
+
+
+def test_state_sharding_in_jit_in_shardings():
+  from jax.sharding import NamedSharding
+  m8 = mesh('model')
+  def run(lib):
+    m = lib.Linear(2, 16, rngs=lib.Rngs(0))
+    spec = lib.StateSharding({'kernel': NamedSharding(m8, P(None, 'model')),
+                              ...: NamedSharding(m8, P())})
+
+    @lib.jit(in_shardings=(spec, None))
+    def f(m, x):
+      m.kernel.value = m.kernel.value * 2.0
+      return m(x)
+    return m, f(m, x82())
+  (m, y), (fm, e) = run(nnx), run(fnnx)
+  np.testing.assert_array_equal(y, e)
+  np.testing.assert_array_equal(m.kernel.value, fm.kernel.value)
+  # the kernel entered (and, written, left) sharded as the StateSharding says
+  assert m.kernel.value.sharding.spec == P(None, 'model')

@@ -35,6 +35,8 @@ from bridge.transforms._boundary import (
   is_graph,
   write_back,
 )
+from bridge.transforms.state_sharding import StateSharding
+from bridge.variables import Variable
 
 
 def _as_tuple(x) -> tuple:
@@ -118,7 +120,8 @@ class Jitted:
       return jitted
     kwargs = dict(self.jit_kwargs)
     if shardings_key is not None:
-      kwargs['in_shardings'] = shardings_key
+      kwargs['in_shardings'] = tuple(list(s) if isinstance(s, _PerLeaf) else s
+                                     for s in shardings_key)
     jitted = jax.jit(functools.partial(self._pure, static),
                      donate_argnums=tuple(i - 1 for i in donate), **kwargs)
     self.compiled[key] = jitted
@@ -140,7 +143,7 @@ class Jitted:
     flat = self.cache.get(tuple(nodes))
     donate = self._donation(args, kwargs, nodes, static_nums) if (
       self.donate_argnums or self.donate_argnames) else ()
-    shardings = self._in_shardings(args, nodes, static_nums) \
+    shardings = self._in_shardings(args, nodes, static_nums, flat) \
       if self.in_shardings is not None else None
     call_key = (static_args, static_kwargs, len(args), donate, shardings)
     try:
@@ -185,9 +188,10 @@ class Jitted:
         out.add(3 + len(nodes) + j)
     return tuple(sorted(out))
 
-  def _in_shardings(self, args, nodes, static_nums):
+  def _in_shardings(self, args, nodes, static_nums, flat):
     """``in_shardings`` per non-static positional argument (as in ``jax.jit``), moved to
-    ``_pure``'s layout (a Module's entry applies to all its leaves)."""
+    ``_pure``'s layout (a Module's entry applies to all its leaves; a ``StateSharding``
+    gives each leaf the sharding of the first filter it matches)."""
     dyn = [a for i, a in enumerate(args) if i not in static_nums]
     per_arg = self.in_shardings if isinstance(self.in_shardings, (tuple, list)) else \
       (self.in_shardings,) * len(dyn)
@@ -201,7 +205,10 @@ class Jitted:
       if r is None:
         dyn_shardings.append(sharding)
       else:  # the argument's own slot holds a leafless NodeSlot
-        node_shardings[r] = sharding
+        node_shardings[r] = _PerLeaf(
+          sharding.sharding_for(path[1:], h if isinstance(h, Variable) else h._raw_value)
+          for path, h in zip(flat.paths, flat.handles, strict=True) if path[0] == r) \
+          if isinstance(sharding, StateSharding) else sharding
         dyn_shardings.append(None)
     return (None, None, *node_shardings, *dyn_shardings)
 
@@ -228,6 +235,11 @@ def _check_hashable(fun, static_args: tuple, static_kwargs: tuple) -> None:
         f'jit({getattr(fun, "__qualname__", fun)}): static argument {name} must be '
         f'hashable, but got a {type(value).__name__}: {value!r}. Pass a hashable value '
         '(e.g. a tuple instead of a list), or do not mark the argument static.') from error
+
+
+class _PerLeaf(tuple):
+  """The shardings of one Module argument's leaves, in walk order (from a
+  ``StateSharding``); a tuple to key caches, a list for ``jax.jit``."""
 
 
 def _constrain(out, shardings):

@@ -1,5 +1,5 @@
-"""``StateSharding``: per-filter shardings (``PartitionSpec``\\ s) for a Module argument of
-``shard_map``; the first filter a leaf matches gives its spec.
+"""``StateSharding``: per-filter shardings for a Module argument of ``shard_map`` (specs) or
+``jit``'s ``in_shardings`` (shardings); the first filter a leaf matches gives its entry.
 
 >>> import jax.numpy as jnp
 >>> from jax.sharding import PartitionSpec as P
