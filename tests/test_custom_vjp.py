@@ -179,3 +179,36 @@ def test_signature_matches_flax():
   theirs = inspect.signature(fnnx.custom_vjp).parameters
   assert list(ours) == list(theirs)
   assert all(ours[k].default == theirs[k].default for k in list(ours)[1:])
+
+
+def test_tree_mode_bwd_can_ask_for_updates_g_as_in_flax():
+  def run(lib):
+    seen = {}
+
+    @lib.custom_vjp(graph_updates=False)
+    def f(m, a):
+      m.s[...] *= 2.0
+      return jnp.sin(m.x[...]) * m.y[...] * a
+
+    def f_bwd(res, g, *, updates_g):
+      seen['updates_g'] = updates_g
+      cos_x, sin_x, m, a = res
+      m_g = lib.clone(m)
+      m_g.x[...] = cos_x * g * m.y[...] * a
+      m_g.y[...] = sin_x * g * a
+      return m_g, sin_x * m.y[...] * g
+
+    f.defvjp(lambda m, a: (f(m, a), (jnp.cos(m.x[...]), jnp.sin(m.x[...]), m, a)), f_bwd)
+    m = make_foo(lib)
+    g = lib.grad(f, graph_updates=False)(m, jnp.array(2.0))
+    u_m, u_a = seen['updates_g']
+    return g, m, u_m, u_a
+  (g, m, u_m, u_a), (e, fm, e_m, e_a) = run(nnx), run(fnnx)
+  assert u_a is None and e_a is None
+  for k in ('x', 'y', 'w'):  # not written: None in both
+    assert getattr(u_m, k) is None and getattr(e_m, k) is None
+  assert type(u_m.s) is nnx.BatchStat
+  np.testing.assert_array_equal(u_m.s.value, e_m.s.value)
+  np.testing.assert_array_equal(g.x.value, e.x.value)
+  np.testing.assert_array_equal(g.y.value, e.y.value)
+  assert float(m.s.value) == float(fm.s.value) == 6.0

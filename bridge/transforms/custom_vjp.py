@@ -8,7 +8,9 @@ written back to the caller's objects. In graph mode with graph updates (the defa
 arguments) and returns per argument a ``State`` for a Module (its differentiable leaves: all
 of them, or those a ``DiffState`` in ``nondiff_argnums`` picks) or the argument's cotangent.
 With ``graph=False`` or ``graph_updates=False``, ``bwd(*nondiff_args, res, out_g)`` returns a
-Module of the argument's structure for a Module, as in flax.nnx.
+Module of the argument's structure for a Module, as in flax.nnx; a ``bwd`` that declares an
+``updates_g`` keyword also gets the arguments with each Module holding the cotangents of
+the Variables the function wrote (the others ``None``).
 
 >>> import jax
 >>> import jax.numpy as jnp
@@ -34,6 +36,7 @@ Module of the argument's structure for a Module, as in flax.nnx.
 from __future__ import annotations
 
 import functools
+import inspect
 import typing as tp
 from collections.abc import Mapping
 
@@ -42,6 +45,7 @@ import numpy as np
 
 from bridge.graph import flatten
 from bridge.graph_mode import resolve
+from bridge.object import Object
 from bridge.state import State
 from bridge.transforms import tree_mode
 from bridge.transforms._boundary import (
@@ -77,6 +81,10 @@ class CustomVjp:
     if symbolic_zeros:
       raise NotImplementedError('custom_vjp: symbolic_zeros is not supported.')
     self.fwd, self.bwd = fwd, bwd
+    try:
+      self.wants_updates_g = 'updates_g' in inspect.signature(bwd).parameters
+    except (TypeError, ValueError):
+      self.wants_updates_g = False
 
   def __call__(self, *args):
     if self.fwd is None:
@@ -96,7 +104,7 @@ class CustomVjp:
       full, call_args = split.assemble(inputs, rest)
       roots, origin = build_inside(flat.graphdef, full)
       out = fn(*insert(call_args, roots))
-      static, leaves = flatten_outside(roots, None, origin)
+      static, leaves = flatten_outside(roots, None, origin, full, flat.graphdef)
       return out, (leaves, Box(static))
 
     @jax.custom_vjp
@@ -114,10 +122,14 @@ class CustomVjp:
     def bwd(res, g):
       res_leaves, res_dyn, res_def = res
       res_value = insert(res_dyn, build_inside(res_def.value, res_leaves)[0])
-      out_g, (updates_g, _) = g
+      out_g, (updates_g, box) = g
+      updates_g, written = _per_leaf(updates_g, box.value.changed, primals)
       if self.as_state:
         result = self.bwd(*nondiff_values, res_value,
                           (self._updates_as_states(split, updates_g), out_g))
+      elif self.wants_updates_g:
+        result = self.bwd(*nondiff_values, res_value, out_g,
+                          updates_g=_updates_as_nodes(flat, dyn_args, updates_g, written))
       else:
         result = self.bwd(*nondiff_values, res_value, out_g)
       return self._cotangents(split, result, primals), None
@@ -125,8 +137,8 @@ class CustomVjp:
     pure.defvjp(fwd, bwd)
     inputs, rest = split.inputs()
     primals = [jax.ShapeDtypeStruct(np.shape(h._raw_value),
-                                          jax.dtypes.result_type(h._raw_value))
-                     for h in flat.handles]
+                                    jax.dtypes.result_type(h._raw_value))
+               for h in flat.handles]
     out, (effects, box) = pure(inputs, rest)
     write_back(flat, box.value, effects)
     return out
@@ -150,9 +162,6 @@ class CustomVjp:
     """Per differentiated argument: its value with each Module replaced by the State of
     the cotangents of all its leaves, other values by ``None``."""
     flat = split.flat
-    if len(updates_g) != len(flat.handles):
-      raise ValueError('custom_vjp: the function changed the structure of its Module '
-                       'arguments (new or removed Variables); it cannot be differentiated.')
     out = []
     for d in split.args:
       values = [None if part is None else State.from_flat_path(
@@ -179,6 +188,40 @@ class CustomVjp:
                        for i in part])
       out.append(d.treedef.unflatten(values))
     return out
+
+
+def _per_leaf(updates_g: list, changed: tuple | None, primals: list) -> tuple[list, list]:
+  """The cotangent of every graph leaf (zeros for the ones the function did not write)
+  and which ones it wrote."""
+  if changed is None:
+    if len(updates_g) != len(primals):
+      raise ValueError('custom_vjp: the function changed the structure of its Module '
+                       'arguments (new or removed Variables); it cannot be differentiated.')
+    return list(updates_g), [True] * len(primals)
+  full = [_cotangent(None, p) for p in primals]
+  written = [False] * len(primals)
+  for i, g in zip(changed, updates_g, strict=False):
+    full[i], written[i] = g, True
+  return full, written
+
+
+def _updates_as_nodes(flat: Flat, dyn_args: list, updates_g: list, written: list) -> tuple:
+  """The arguments with each Module rebuilt over the cotangents of the Variables the
+  function wrote (the others ``None``) and every other value ``None`` (tree mode's
+  ``updates_g``)."""
+  roots, _ = build_inside(flat.graphdef, updates_g)
+  for path, w in zip(flat.paths, written, strict=True):
+    if not w:
+      parent = roots[path[0]]
+      for key in path[1:-1]:
+        parent = parent._graph_children()[key] if isinstance(parent, Object) else parent[key]
+      if isinstance(parent, Object):
+        object.__setattr__(parent, path[-1], None)
+      else:
+        parent[path[-1]] = None
+  is_slot = lambda x: isinstance(x, NodeSlot)  # noqa: E731
+  return tuple(jax.tree.map(lambda x: roots[x.index] if is_slot(x) else None, a,
+                            is_leaf=is_slot) for a in dyn_args)
 
 
 def _leaves_by_path(tangent) -> dict:
