@@ -27,6 +27,9 @@ from bridge._static import hashable
 from bridge.object import bump_structure_epoch
 
 MISSING = object()
+# ``bridge.spmd`` sets this to place a new Variable's value as its ``out_sharding`` says
+# (eager sharding); a function ``(value, metadata) -> value``
+shard_on_create = None
 
 # Hook names as flax 0.12 spells them, and the seed pages' names for the same hooks.
 HOOK_NAMES = ('on_set_value', 'on_get_value', 'on_create_value', 'on_add_axis', 'on_remove_axis')
@@ -197,6 +200,8 @@ class Variable:
     if 'on_create_value' in metadata:
       value = _run_value_hooks(metadata['on_create_value'], self, value)
       object.__setattr__(self, '_raw_value', value)
+    if metadata.get('out_sharding') and shard_on_create is not None:
+      object.__setattr__(self, '_raw_value', shard_on_create(value, metadata))
 
   # -- value ---------------------------------------------------------------------------
   @property

@@ -30,6 +30,7 @@ import jax
 from flax import struct
 from flax.core import meta
 from flax.core import spmd as core_spmd
+from flax.core.spmd import logical_axis_rules  # noqa: F401 (the context Linen uses too)
 
 from bridge.state import State, map_state
 from bridge.variables import Variable, variable_type_from_name, with_metadata
@@ -77,15 +78,21 @@ class NNXMeta(struct.PyTreeNode, meta.AxisMetadata):
     return self._with_axis(index, params, adding=False)
 
   def get_partition_spec(self) -> jax.sharding.PartitionSpec:
-    return _spec(self.metadata) or jax.sharding.PartitionSpec()
+    return partition_spec_of(self.metadata) or jax.sharding.PartitionSpec()
 
   def to_nnx_variable(self) -> Variable:
     return self.var_type(self.value, **self.metadata)
 
 
-def _spec(metadata: tp.Mapping) -> jax.sharding.PartitionSpec | None:
-  """The spec of sharding metadata; logical names go through the Variable's
-  ``sharding_rules`` and the ``nn.logical_axis_rules`` in effect, as in flax.nnx."""
+def partition_spec_of(metadata: tp.Mapping) -> jax.sharding.PartitionSpec | None:
+  """The spec of a Variable's sharding metadata (``None`` without any); logical names go
+  through its ``sharding_rules`` and the ``logical_axis_rules`` in effect, as in flax.nnx.
+
+  >>> from bridge.interop.metadata import logical_axis_rules, partition_spec_of
+  >>> with logical_axis_rules([('embed', 'model')]):
+  ...   partition_spec_of({'out_sharding': ('embed', None)})
+  P('model', None)
+  """
   names = metadata.get('out_sharding', metadata.get('sharding'))
   if not names:
     return None
@@ -137,9 +144,9 @@ def to_linen_var(var: Variable):
   return NNXMeta(type(var), value, dict(metadata))
 
 
-def with_partitioning(fn: tp.Callable, names, mesh=None) -> tp.Callable:
-  """An initializer whose Variables carry ``out_sharding=names`` (and ``mesh``) and go to
-  Linen as ``nn.Partitioned`` boxes.
+def with_partitioning(initializer: tp.Callable, sharding, mesh=None, **metadata) -> tp.Callable:
+  """An initializer whose Variables carry ``out_sharding=sharding`` (and ``mesh``, and any
+  other ``metadata``) and go to Linen as ``nn.Partitioned`` boxes.
 
   >>> import jax
   >>> import bridge
@@ -147,8 +154,8 @@ def with_partitioning(fn: tp.Callable, names, mesh=None) -> tp.Callable:
   >>> bridge.Param(init(jax.random.key(0), (2, 3))).out_sharding
   ('a', 'b')
   """
-  return with_metadata(fn, out_sharding=tuple(names), mesh=mesh,
-                       linen_meta_type=meta.Partitioned)
+  return with_metadata(initializer, out_sharding=tuple(sharding), mesh=mesh,
+                       linen_meta_type=meta.Partitioned, **metadata)
 
 
 def get_partition_spec(tree):
@@ -163,7 +170,7 @@ def get_partition_spec(tree):
   """
   def spec_of(x):
     if isinstance(x, Variable):
-      return x.replace(_spec(x._metadata) or jax.sharding.PartitionSpec())
+      return x.replace(partition_spec_of(x._metadata) or jax.sharding.PartitionSpec())
     return x.get_partition_spec() if isinstance(x, meta.AxisMetadata) else \
       jax.sharding.PartitionSpec()
   if isinstance(tree, State):
