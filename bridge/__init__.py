@@ -23,6 +23,7 @@ from bridge import (
   metrics,
   object,
   rngs,
+  spmd,
   summary,
   training,
   traversals,
@@ -152,6 +153,14 @@ from bridge.rngs import (
   reseed,
   restore_rngs,
   split_rngs,
+)
+from bridge.spmd import (
+  abstract_with_sharding,
+  as_abstract,
+  get_abstract_model,
+  logical_axis_rules,
+  use_eager_sharding,
+  using_eager_sharding,
 )
 from bridge.state import (
   FlatState,
