@@ -243,29 +243,66 @@ class NNXLayerFactory:
     self.cls = NNXLayer
 
 
-def nnx_in_bridge(lib):
+def nnx_in_bridge(lib, style):
   layer = NNXLayerFactory(lib).cls
 
-  class BridgeMLP(lib.bridge.Module):
+  class Compact(lib.bridge.Module):
     @lib.bridge.compact
     def __call__(self, x):
       x = lib.bridge.nnx_in_bridge_mdl(lambda r: layer(8, 0.3, rngs=r))(x)
       return lib.bridge.nnx_in_bridge_mdl(lambda r: layer(8, 0.3, rngs=r), name='another')(x)
-  return BridgeMLP()
+
+  class Setup(lib.bridge.Module):
+    def setup(self):
+      self.layer = lib.bridge.nnx_in_bridge_mdl(lambda r: layer(8, 0.3, rngs=r))
+
+    def __call__(self, x):
+      return self.layer(x)
+  return (Compact, Setup)[style]()
 
 
-def test_nnx_in_bridge_mdl_matches_flax():
+@pytest.mark.parametrize('style', [0, 1], ids=['compact', 'setup'])
+def test_nnx_in_bridge_mdl_matches_flax(style):
   x = jax.random.normal(jax.random.key(0), (4, 8))
-  flax_vars, variables = both(lambda lib: nnx_in_bridge(lib).init(jax.random.key(1), x))
-  assert sorted(variables['params']) == ['NNXLayer_0', 'another']
+  flax_vars, variables = both(lambda lib: nnx_in_bridge(lib, style).init(jax.random.key(1), x))
+  assert sorted(variables['params']) == [['NNXLayer_0', 'another'], ['layer']][style]
   assert_trees_equal(variables, flax_vars)
   k1, k2 = jax.random.split(jax.random.key(0))
   rngs = {'params': k1, 'dropout': k2}
   (flax_y, flax_updates), (y, updates) = both(
-    lambda lib: nnx_in_bridge(lib).apply(flax_vars, x, rngs=rngs, mutable=True))
+    lambda lib: nnx_in_bridge(lib, style).apply(flax_vars, x, rngs=rngs, mutable=True))
   np.testing.assert_array_equal(y, flax_y)  # same dropout keys
   assert_trees_equal(updates, flax_updates)
-  assert float(updates['intermediates']['NNXLayer_0']['count'][0]) == 1
+  first = ['NNXLayer_0', 'layer'][style]
+  assert float(updates['intermediates'][first]['count'][0]) == 1
+
+
+def methods_model(lib):
+  class Model(lib.bridge.Module):
+    def setup(self):
+      self.dense = dense(lib)(3)
+
+    def encode(self, x):
+      return self.dense(x) + jax.random.normal(self.make_rng('noise'), (3,))
+
+    def __call__(self, x):
+      return self.encode(x) * (2.0 if self.is_initializing() else 1.0)
+  return Model()
+
+
+def test_apply_methods_make_rng_and_is_initializing_match_flax():
+  x = jnp.ones((2, 4))
+  rngs = {'params': jax.random.key(0), 'noise': jax.random.key(1)}
+  (flax_y, flax_vars), (y, variables) = both(
+    lambda lib: methods_model(lib).init_with_output(rngs, x))
+  np.testing.assert_array_equal(y, flax_y)  # doubled: is_initializing() during init
+  assert_trees_equal(variables, flax_vars)
+  for method in ('encode', lambda m, x: m.encode(x)):
+    flax_y, y = both(lambda lib, method=method: methods_model(lib).apply(
+      flax_vars, x, rngs={'noise': jax.random.key(2)}, method=method))
+    np.testing.assert_array_equal(y, flax_y)
+  with pytest.raises(ValueError, match="can't use RNGs on unbound"):
+    methods_model(nnx).make_rng('noise')
 
 
 def linen_in_bridge(lib):
