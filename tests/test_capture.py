@@ -100,6 +100,11 @@ def test_under_jit_equals_flax():
   np.testing.assert_array_equal(y, fy)
   assert_same_state(inter, finter)
   assert not hasattr(ours, 'y')
+  # capture around a jitted function: sown inside the jit, collected outside
+  _, inter = nnx.capture(nnx.jit(lambda m, x: m(x)), nnx.Intermediate)(ours, X)
+  _, finter = fnnx.capture(fnnx.jit(lambda m, x: m(x)), fnnx.Intermediate)(theirs, X)
+  assert_same_state(inter, finter)
+  assert sorted(vars(ours.a)) == ['l1', 'l2']
 
 
 def test_method_outputs_and_two_types_equal_flax():
