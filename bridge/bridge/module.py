@@ -44,11 +44,13 @@ from flax import errors
 from flax.core.frozen_dict import FrozenDict
 
 from bridge import module as nnx_module
-from bridge.graph import clone, iter_graph
+from bridge.graph import clone, iter_graph, update
 from bridge.graph import state as graph_state
 from bridge.interop.collections import linen_to_tree, tree_to_linen
+from bridge.interop.to_nnx import ToNNX, _merge_into, set_initializing
 from bridge.object import Object
 from bridge.rngs import Rngs, RngState
+from bridge.state import State
 from bridge.variables import Param, Variable, VariableMetadata, variable_type_from_name
 
 A = tp.TypeVar('A')
@@ -148,7 +150,6 @@ def _bridge_modules(value) -> list[Module]:
 
 def _set_initializing(node, initializing: bool) -> None:
   """Marks every Object in ``node``'s graph as initializing or not (``ToNNX`` inits then)."""
-  from bridge.interop.to_nnx import ToNNX, set_initializing
   for _, value in iter_graph(node):
     if isinstance(value, ToNNX):
       set_initializing(value, initializing)
@@ -181,14 +182,11 @@ def _bind(parent: Module, module: Module) -> None:
 def _fill(node, tree: dict) -> None:
   """Puts the Variables of ``tree`` (nested dicts) into ``node``: into the attribute they
   name if it is there, else kept aside until the submodule of that name is created."""
-  from bridge.interop.to_nnx import ToNNX, _merge_into
   if isinstance(node, ToNNX):
     _merge_into(node, tree)
     node.to_nnx__initialized = True
     return
   if not isinstance(node, Module):
-    from bridge.graph import update
-    from bridge.state import State
     update(node, State(tree))
     return
   pending = vars(node).setdefault('_object__pending', {})
