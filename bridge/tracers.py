@@ -17,14 +17,22 @@ import jax.extend
 
 
 def current_jax_trace():
-  """An opaque token for the current JAX trace; equal tokens mean the same trace."""
+  """An opaque token for the current JAX trace; equal tokens mean the same trace.
+
+  >>> current_jax_trace() == current_jax_trace()
+  True
+  """
   return jax.extend.core.get_opaque_trace_state(convention='nnx')
 
 
 class TraceState:
   """The trace an object was made under; ``is_valid()`` says whether code runs under it
   now. A pytree with no leaves: rebuilt (by a transform) it takes the trace it is rebuilt
-  under."""
+  under.
+
+  >>> TraceState().is_valid()
+  True
+  """
 
   __slots__ = ('_jax_trace',)
 

@@ -26,7 +26,17 @@ def checkify(f, errors=checkify_lib.user_checks, graph: bool | None = None,
              graph_updates: bool | None = None):
   """Returns ``g`` with ``g(*args) == (error, f(*args))``: the checks ``f`` makes (and the
   ``errors`` kinds jax can add) come back as a ``checkify.Error`` instead of raising, and
-  changes made to Modules are written back. See the module docstring."""
+  changes made to Modules are written back. See the module docstring.
+
+  >>> from jax.experimental import checkify as checkify_lib
+  >>> import bridge as nnx
+  >>> def positive(x):
+  ...   checkify_lib.check(x > 0, 'not positive')
+  ...   return x
+  >>> err, out = nnx.checkify(positive)(-1.0)
+  >>> err.get(), float(out)
+  ('not positive (`check` failed)', -1.0)
+  """
   @functools.wraps(f)
   def wrapper(*args, **kwargs):
     g = functools.partial(f, **kwargs) if kwargs else f

@@ -64,7 +64,14 @@ from bridge.variables import Variable
 
 class CustomVjp:
   """What ``custom_vjp`` returns: call it like the function once ``defvjp(fwd, bwd)`` gave
-  its rules. See the module docstring."""
+  its rules. See the module docstring.
+
+  >>> import bridge as nnx
+  >>> double = nnx.custom_vjp(lambda x: 2 * x)
+  >>> double.defvjp(lambda x: (2 * x, None), lambda res, g: (2 * g[1],))
+  >>> type(double).__name__, double(3.0)
+  ('CustomVjp', 6.0)
+  """
 
   def __init__(self, fun, nondiff_argnums: tuple, graph: bool | None,
                graph_updates: bool | None):

@@ -1,13 +1,6 @@
 """``make_jaxpr``: the jaxpr of a function of Modules. A Module argument's inputs are its
 leaves in ``split`` order; the outputs are the function's own (Variables it writes are
 not outputs, as in flax.nnx).
-
->>> import jax.numpy as jnp
->>> import bridge as nnx
->>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
->>> jaxpr = nnx.make_jaxpr(lambda m, x: m(x), graph_updates=False)(model, jnp.ones((1, 2)))
->>> [v.aval.shape for v in jaxpr.jaxpr.invars]
-[(3,), (2, 3), (1, 2)]
 """
 
 from __future__ import annotations
@@ -24,7 +17,15 @@ from bridge.transforms._boundary import build_inside, insert, split_args
 def make_jaxpr(f=None, *, graph: bool | None = None, graph_updates: bool | None = None,
                static_argnums=()):
   """``jax.make_jaxpr`` for functions of Modules (a decorator, with or without arguments).
-  As in flax.nnx, it needs ``graph_updates=False``. See the module docstring."""
+  As in flax.nnx, it needs ``graph_updates=False``. See the module docstring.
+
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  >>> jaxpr = nnx.make_jaxpr(lambda m, x: m(x), graph_updates=False)(model, jnp.ones((1, 2)))
+  >>> [v.aval.shape for v in jaxpr.jaxpr.invars]
+  [(3,), (2, 3), (1, 2)]
+  """
   _, updates = resolve(graph, graph_updates)
   if updates:
     raise ValueError('nnx.make_jaxpr does not support graph_updates=True.')

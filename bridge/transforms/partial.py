@@ -29,7 +29,14 @@ def cached_partial(f, *cached_args, graph: bool | None = None,
                    graph_updates: bool | None = None):
   """``f`` with ``cached_args`` bound as its first positional arguments (usually the
   Modules of a jitted train step); returns a function of the remaining arguments. See the
-  module docstring."""
+  module docstring.
+
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+  >>> nnx.cached_partial(lambda m, x: m(x), model)(jnp.ones((3, 2))).shape
+  (3, 1)
+  """
   resolve(graph, graph_updates)
   return functools.partial(f, *cached_args)
 

@@ -5,18 +5,6 @@ or a ``StateAxes``; its Variables keep their axis on the way out and what the fu
 writes to them reaches the caller's objects (the function must not add or remove
 Variables of its arguments). Modules the function creates and returns are stacked on
 ``out_axes`` like any output, so layers can be created one per device.
-
->>> import jax
->>> import jax.numpy as jnp
->>> import bridge as nnx
->>> n = jax.local_device_count()
->>> @nnx.split_rngs(splits=n)
-... @nnx.pmap(in_axes=0, out_axes=0)
-... def create(rngs):
-...   return nnx.Linear(2, 3, rngs=rngs)
->>> layers = create(nnx.Rngs(0))
->>> layers.kernel.value.shape == (n, 2, 3)
-True
 """
 
 from __future__ import annotations
@@ -68,7 +56,20 @@ def pmap(f=None, *, axis_name=None, in_axes=0, out_axes=0, static_broadcasted_ar
          graph_updates: bool | None = None):
   """``jax.pmap`` for functions of Modules (a decorator, with or without arguments); see
   the module docstring. A broadcast (``None``) Variable comes back from the first device.
-  ``donate_argnums`` is not supported."""
+  ``donate_argnums`` is not supported.
+
+  >>> import jax
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> n = jax.local_device_count()
+  >>> @nnx.split_rngs(splits=n)
+  ... @nnx.pmap(in_axes=0, out_axes=0)
+  ... def create(rngs):
+  ...   return nnx.Linear(2, 3, rngs=rngs)
+  >>> layers = create(nnx.Rngs(0))
+  >>> layers.kernel.value.shape == (n, 2, 3)
+  True
+  """
   if f is None:
     return functools.partial(
       pmap, axis_name=axis_name, in_axes=in_axes, out_axes=out_axes,

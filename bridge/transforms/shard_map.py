@@ -2,18 +2,6 @@
 ``PartitionSpec`` for all its arrays (``None``: replicated) or a ``StateSharding``; its
 Variables keep their spec on the way out, and what the function writes to them is written
 back to the caller's objects (so the function must not add or remove Variables).
-
->>> import jax
->>> import jax.numpy as jnp
->>> from jax.sharding import PartitionSpec as P
->>> import bridge as nnx
->>> mesh = jax.sharding.Mesh(jax.devices(), ('data',))
->>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
->>> @nnx.shard_map(mesh=mesh, in_specs=(P(), P('data')), out_specs=P('data'))
-... def forward(m, x):
-...   return m(x)
->>> forward(model, jnp.ones((16, 2))).shape
-(16, 3)
 """
 
 from __future__ import annotations
@@ -49,7 +37,20 @@ def shard_map(f=None, *, mesh, in_specs, out_specs, axis_names=frozenset(),
               check_vma: bool = True, graph: bool | None = None,
               graph_updates: bool | None = None):
   """``jax.shard_map`` for functions of Modules (a decorator, with or without arguments).
-  See the module docstring."""
+  See the module docstring.
+
+  >>> import jax
+  >>> import jax.numpy as jnp
+  >>> from jax.sharding import PartitionSpec as P
+  >>> import bridge as nnx
+  >>> mesh = jax.sharding.Mesh(jax.devices(), ('data',))
+  >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  >>> @nnx.shard_map(mesh=mesh, in_specs=(P(), P('data')), out_specs=P('data'))
+  ... def forward(m, x):
+  ...   return m(x)
+  >>> forward(model, jnp.ones((16, 2))).shape
+  (16, 3)
+  """
   if f is None:
     return functools.partial(shard_map, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                              axis_names=axis_names, check_vma=check_vma, graph=graph,

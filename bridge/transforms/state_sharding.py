@@ -20,7 +20,14 @@ from bridge.state import State
 
 class StateSharding:
   """Shardings by filter: ``StateSharding({filter: spec, ...})``, an iterable of
-  ``(filter, spec)`` pairs, or a ``State`` of specs (each path its own filter)."""
+  ``(filter, spec)`` pairs, or a ``State`` of specs (each path its own filter).
+
+  >>> from jax.sharding import PartitionSpec as P
+  >>> import bridge as nnx
+  >>> spec = nnx.StateSharding(nnx.State({'kernel': P(None, 'model'), 'bias': P()}))
+  >>> spec.sharding_for(('kernel',), None)
+  P(None, 'model')
+  """
 
   def __init__(self, filter_sharding: State | Mapping | tp.Iterable, /):
     if isinstance(filter_sharding, State):

@@ -6,17 +6,6 @@ The function gets copies of its Module arguments whose Variables lost ``partitio
 their ``in_axes`` (their axis hooks run too); on return the axis is added back to those and
 to the Variables of the output (at ``out_axes``), and the values the function wrote are
 written to the caller's Variables, whose metadata is never touched.
-
->>> import jax.numpy as jnp
->>> import bridge as nnx
->>> class Stack(nnx.Module):
-...   def __init__(self):
-...     self.w = nnx.Param(jnp.ones((4, 3)), out_sharding=('layers', 'model'))
->>> @nnx.transform_metadata(in_axes=0, partition='layers')
-... def one_layer_view(m):
-...   return m.w.get_metadata()['out_sharding']
->>> one_layer_view(Stack())
-('model',)
 """
 
 from __future__ import annotations
@@ -43,7 +32,19 @@ def _axes_per_value(values: tuple, axes) -> list:
 
 def transform_metadata(f=None, *, in_axes=0, out_axes=0, partition: str | None,
                        graph: bool | None = None):
-  """Wraps ``f`` as the module docstring says (a decorator, with or without ``f``)."""
+  """Wraps ``f`` as the module docstring says (a decorator, with or without ``f``).
+
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> class Stack(nnx.Module):
+  ...   def __init__(self):
+  ...     self.w = nnx.Param(jnp.ones((4, 3)), out_sharding=('layers', 'model'))
+  >>> @nnx.transform_metadata(in_axes=0, partition='layers')
+  ... def one_layer_view(m):
+  ...   return m.w.get_metadata()['out_sharding']
+  >>> one_layer_view(Stack())
+  ('model',)
+  """
   resolve_graph(graph)
   if f is None:
     return functools.partial(transform_metadata, in_axes=in_axes, out_axes=out_axes,
