@@ -156,3 +156,25 @@ def test_default_console_is_a_terminal_and_missing_method_is_an_error():
   assert '\x1b[' in table  # force_terminal=True by default, as flax.nnx
   with pytest.raises(AttributeError, match="Foo has no method 'encode'"):
     nnx.tabulate(block_model(nnx), jnp.ones((1, 4)), method='encode')
+
+
+def test_shared_modules_and_lists_equal_flax():
+  def tied(n):
+    class Tied(n.Module):
+      def __init__(self, rngs):
+        self.enc = n.Linear(3, 3, rngs=rngs)
+        self.dec = self.enc  # one Module, two paths: listed once, counted once
+        self.layers = n.List([n.Linear(3, 3, rngs=rngs), n.LayerNorm(3, rngs=rngs)])
+
+      def __call__(self, x):
+        x = self.dec(self.enc(x))
+        for layer in self.layers:
+          x = layer(x)
+        return x
+
+    return Tied(n.Rngs(0))
+
+  ours, theirs = both(tied, jnp.ones((1, 3)))
+  assert ours == theirs
+  assert [row[0] for row in ours['rows']] == ['', 'dec', 'layers/0', 'layers/1', '']
+  assert ours['caption'] == 'Total Parameters: 30 (120 B)'
