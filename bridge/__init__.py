@@ -184,6 +184,7 @@ from bridge.transforms.custom_vjp import custom_vjp
 from bridge.transforms.checkify import checkify
 from bridge.transforms.make_jaxpr import make_jaxpr
 from bridge.transforms.partial import cached_partial, jit_partial
+from bridge.transforms.pmap import pmap
 from bridge.transforms.shard_map import shard_map
 from bridge.transforms.state_sharding import StateSharding
 from bridge.transforms.transform_metadata import transform_metadata
