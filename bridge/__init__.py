@@ -189,6 +189,7 @@ from bridge.transforms.shard_map import shard_map
 from bridge.transforms.state_sharding import StateSharding
 from bridge.transforms.transform_metadata import transform_metadata
 from bridge.with_rngs import with_rngs
+from bridge import tracers
 from bridge.transforms.lift import (
   checkpoint,
   cond,
