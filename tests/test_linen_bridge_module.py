@@ -363,3 +363,26 @@ def test_functional_matches_flax():
 def test_namespace_matches_flax():
   public = {n for n in dir(fnnx.bridge) if not n.startswith('_')}
   assert public <= set(dir(nnx.bridge))
+
+
+def test_nnx_in_bridge_mdl_keeps_real_rng_state_at_apply():
+  """At apply the submodule is built abstractly; its (vmapped) RNG state must be real."""
+  def run(lib):
+    class Stack(lib.Module):
+      def __init__(self, key):
+        self.rngs = lib.Rngs(jax.random.split(key, 4))
+
+      def __call__(self, x):
+        return x @ lib.vmap(lambda r: jax.random.normal(r.default(), (2,)))(self.rngs)
+
+    class Foo(lib.bridge.Module):
+      @lib.bridge.compact
+      def __call__(self, x):
+        return lib.bridge.nnx_in_bridge_mdl(lambda r: Stack(r.default()))(x)
+
+    variables = Foo().init(jax.random.key(1), jnp.ones((1, 4)))
+    return variables, Foo().apply(variables, jnp.ones((1, 4)), rngs=jax.random.key(2))
+
+  (flax_vars, flax_y), (variables, y) = both(run)
+  assert variables == flax_vars == {}  # RNG state is not a Linen variable
+  np.testing.assert_array_equal(y, flax_y)
