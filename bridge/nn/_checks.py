@@ -49,7 +49,13 @@ def _positive(value) -> bool:
 
 def check_sizes(layer: str, **sizes) -> None:
   """Raises a :class:`SizeError` naming the first of ``sizes`` (each an int or a sequence
-  of ints) that is not made of positive ints."""
+  of ints) that is not made of positive ints.
+
+  >>> check_sizes('Einsum', kernel_shape=(2, -1))
+  Traceback (most recent call last):
+    ...
+  bridge.nn._checks.SizeError: Einsum: every entry of kernel_shape must be ... got (2, -1).
+  """
   for name, value in sizes.items():
     sequence = isinstance(value, (tuple, list))
     if not all(map(_positive, value if sequence else (value,))):
@@ -58,7 +64,11 @@ def check_sizes(layer: str, **sizes) -> None:
 
 
 def check_rngs(layer: str, rngs) -> None:
-  """Raises an :class:`RngsError` unless ``rngs`` is an ``Rngs``."""
+  """Raises an :class:`RngsError` unless ``rngs`` is an ``Rngs``.
+
+  >>> import bridge as nnx
+  >>> check_rngs('Conv', nnx.Rngs(0))
+  """
   if not isinstance(rngs, Rngs):
     raise RngsError(f'{layer}: rngs must be an nnx.Rngs to draw the initial parameters from '
                     f'(e.g. rngs=nnx.Rngs(0)), got {rngs!r}.')
