@@ -30,8 +30,9 @@ from bridge import (
   variables,
   visualization,
 )
-from bridge.capture import capture
 from bridge._callable_module import make_callable as _make_callable
+from bridge.bridge import wrappers  # flax.nnx exposes nnx.bridge.wrappers as nnx.wrappers
+from bridge.capture import capture
 from bridge.ema import EMA
 from bridge.extract import NodeStates, from_tree, to_tree
 from bridge.filters import All, Any, Everything, Not, Nothing, OfType, PathContains, PathIn, WithTag

@@ -363,6 +363,7 @@ def test_functional_matches_flax():
 def test_namespace_matches_flax():
   public = {n for n in dir(fnnx.bridge) if not n.startswith('_')}
   assert public <= set(dir(nnx.bridge))
+  assert nnx.wrappers is nnx.bridge.wrappers and fnnx.wrappers is fnnx.bridge.wrappers
 
 
 def test_nnx_in_bridge_mdl_keeps_real_rng_state_at_apply():
