@@ -215,21 +215,6 @@ def test_rnn_seq_lengths_and_initial_carry_equal_flax_and_linen():
   np.testing.assert_array_equal(carry[1], alone[0][0])
 
 
-def test_rnn_under_jit_and_grad():
-  model = nnx.RNN(nnx.GRUCell(I, H, rngs=nnx.Rngs(0)))
-  x = data(6, (B, T, I))
-
-  @nnx.jit
-  def loss_and_grad(model, x):
-    return nnx.value_and_grad(lambda m: jnp.mean(m(x) ** 2))(model)
-
-  loss, grads = loss_and_grad(model, x)
-  # XLA fuses the jitted step differently from the eager ops: last-bit differences
-  np.testing.assert_allclose(loss, jnp.mean(model(x) ** 2), rtol=1e-6)
-  assert {p[:2] for p, _ in nnx.to_flat_state(grads)} == {
-    ('cell', 'dense_i'), ('cell', 'dense_h')}
-
-
 def test_rnn_errors():
   with pytest.raises(ValueError, match='no time axis'):
     nnx.RNN(nnx.GRUCell(I, H, rngs=nnx.Rngs(0)))(jnp.ones((I,)))
@@ -298,3 +283,46 @@ def test_bidirectional_equals_flax_nnx_and_linen():
     nnx.Bidirectional(ours.forward_rnn, ours.backward_rnn, rngs=1.5)
   with pytest.raises(TypeError):
     fnnx.Bidirectional(theirs.forward_rnn, theirs.backward_rnn, rngs=1.5)
+
+
+# -- end to end -------------------------------------------------------------------------------
+def mixed_model(lib):
+  """A model using the layers of this family (RNN, SpectralNorm, LoRALinear, pooling,
+  WeightNorm), for bridge or flax.nnx."""
+  class Model(lib.Module):
+    def __init__(self, rngs):
+      self.rnn = lib.RNN(lib.LSTMCell(I, 8, rngs=rngs), rngs=rngs)
+      self.sn = lib.SpectralNorm(lib.Linear(8, 8, rngs=rngs), rngs=rngs)
+      self.lora = lib.LoRALinear(8, 8, lora_rank=2, rngs=rngs)
+      self.wn = lib.WeightNorm(lib.Linear(8, 2, rngs=rngs), rngs=rngs)
+
+    def __call__(self, x):
+      h = self.lora(self.sn(self.rnn(x)))
+      h = lib.avg_pool(lib.max_pool(h, (2,), strides=(2,)), (2,), padding='SAME')
+      return self.wn(h.mean(1))
+
+  return Model(lib.Rngs(0))
+
+
+def train(lib, steps=2):
+  """Losses of ``steps`` jitted Adam steps on the mixed model, and the trained model."""
+  import optax
+  x, y = data(20, (B, 6, I)), data(21, (B, 2))
+  model = mixed_model(lib)
+  opt = lib.Optimizer(model, optax.adam(1e-2), wrt=lib.Param)
+
+  @lib.jit
+  def step(model, opt):
+    loss, grads = lib.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+    opt.update(model, grads)
+    return loss
+
+  return [step(model, opt) for _ in range(steps)], model
+
+
+def test_a_model_of_these_layers_trains_exactly_as_in_flax_nnx():
+  # jit + grad + optimizer through the scan, the in-place normalizations (their gradients
+  # and SpectralNorm's batch_stats) and LoRA: same losses and same final state
+  (losses, model), (flosses, fmodel) = train(nnx), train(fnnx)
+  np.testing.assert_array_equal(losses, flosses)
+  assert_same_state(model, fmodel)
