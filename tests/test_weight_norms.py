@@ -40,6 +40,12 @@ def linear(lib, seed=0):
 
 @pytest.mark.parametrize('name', ['SpectralNorm', 'WeightNorm'])
 def test_signatures_match_flax(name):
+  from flax.nnx.nn import normalization as flax_module
+
+  from bridge.nn import normalization
+  # flax.nnx's module path works too
+  assert getattr(normalization, name) is getattr(nnx, name)
+  assert getattr(flax_module, name) is getattr(fnnx, name)
   for method in ('__init__', '__call__'):
     assert_same_signature(getattr(getattr(nnx, name), method),
                           getattr(getattr(fnnx, name), method))

@@ -22,6 +22,7 @@ from jax import lax
 
 from bridge.module import Module
 from bridge.nn import dtypes, initializers
+from bridge.nn.weight_norms import SpectralNorm, WeightNorm  # noqa: F401 (flax's module path)
 from bridge.variables import BatchStat, Param
 
 _NO_METADATA = MappingProxyType({})
