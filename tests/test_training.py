@@ -161,8 +161,7 @@ def _draws(lib):
   stream_init = rngs.params.variance_scaling(2.0, 'fan_out', 'truncated_normal')
   values = [init((3, 4)), init((3, 4), jnp.float16), stream_init((4, 2)),
             rngs.params.xavier_uniform()((2, 2)), rngs.normal((2,)),
-            rngs.params.uniform((3,)), rngs.t(2.0, (2,)), rngs.binomial(5, 0.3, (4,)),
-            rngs.params.ball(3, 2), rngs.delta_orthogonal()((3, 3, 4, 4))]
+            rngs.params.uniform((3,)), rngs.gumbel((2,))]
   return values, int(rngs.default.count[...]), int(rngs.params.count[...])
 
 
@@ -172,7 +171,7 @@ def test_rngs_random_and_initializer_methods_match_flax():
     assert a.dtype == b.dtype
     np.testing.assert_array_equal(a, b)
   # an initializer method takes a key only when it is called, one per call
-  assert our_counts == their_counts == [6, 4]
+  assert our_counts == their_counts == [4, 3]
   names = {n for n in dir(fnnx.Rngs) if not n.startswith('_')}
   assert names <= {n for n in dir(nnx.Rngs) if not n.startswith('_')}
   stream_names = {n for n in dir(fnnx.RngStream) if not n.startswith('_')}
