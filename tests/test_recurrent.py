@@ -215,6 +215,16 @@ def test_rnn_seq_lengths_and_initial_carry_equal_flax_and_linen():
   np.testing.assert_array_equal(carry[1], alone[0][0])
 
 
+def test_rnn_is_one_scan_over_time():
+  rnn = nnx.RNN(nnx.LSTMCell(I, H, rngs=nnx.Rngs(0)), unroll=2)
+  graphdef, state = nnx.split(rnn)
+  jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x))(state, jnp.ones((B, T, I)))
+  jaxpr = jaxpr.jaxpr
+  scans = [e for e in jaxpr.eqns if e.primitive.name == 'scan']
+  assert len(scans) == 1 and scans[0].params['length'] == T
+  assert scans[0].params['unroll'] == 2
+
+
 def test_rnn_errors():
   with pytest.raises(ValueError, match='no time axis'):
     nnx.RNN(nnx.GRUCell(I, H, rngs=nnx.Rngs(0)))(jnp.ones((I,)))
