@@ -233,3 +233,43 @@ def test_deepcopy_honours_the_memo():
   holder = {'model': m, 'param': m.w}
   copied = copy.deepcopy(holder)
   assert copied['param'] is copied['model'].w
+
+
+# -- cost: plain jax.jit reuses its trace, bridge.jit's steady call walks nothing ---------
+class Counted(nnx.Module):
+  """Counts how often its attributes are listed (by a graph walk or a pytree flatten)."""
+  listed = 0
+
+  def __init__(self):
+    self.w = nnx.Param(jnp.ones(2))
+    self.name = 'counted'
+
+  def _graph_children(self):
+    Counted.listed += 1
+    return super()._graph_children()
+
+
+def test_plain_jax_jit_traces_once_per_structure():
+  traces = []
+
+  @jax.jit
+  def f(m):
+    traces.append(1)
+    return m.w.value.sum()
+  m = Counted()
+  f(m), f(m), f(nnx.clone(m))
+  assert len(traces) == 1
+  other = nnx.clone(m)
+  other.name = 'renamed'  # a static attribute: a new structure
+  f(other)
+  assert len(traces) == 2
+
+
+def test_bridge_jit_steady_call_neither_walks_nor_flattens_the_module():
+  step = nnx.jit(lambda m: m.w.value.sum())
+  m = Counted()
+  step(m)
+  before = Counted.listed
+  for _ in range(3):
+    step(m)
+  assert Counted.listed == before
