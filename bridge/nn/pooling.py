@@ -22,7 +22,16 @@ from jax import lax
 
 class PoolingArgumentError(ValueError, AssertionError):
   """Window, strides or padding that do not fit the input. A ``ValueError``, and an
-  ``AssertionError`` as flax.linen's pooling raises, so code catching either still works."""
+  ``AssertionError`` as flax.linen's pooling raises, so code catching either still works.
+
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> try:
+  ...   nnx.max_pool(jnp.ones((1, 4, 4, 1)), (2, 2), strides=(1,))
+  ... except AssertionError as e:
+  ...   print(e)
+  pool: strides (1,) must have one entry per window axis (window_shape (2, 2) has 2).
+  """
 
 
 def _window_dims(inputs, window_shape: tuple, strides, padding):

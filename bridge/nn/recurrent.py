@@ -508,7 +508,15 @@ class RNN(Module):
 
 
 class RNNBase(tp.Protocol):
-  """What ``Bidirectional`` needs of its two RNNs: ``RNN``'s call signature."""
+  """What ``Bidirectional`` needs of its two RNNs: ``RNN``'s call signature.
+
+  >>> import inspect
+  >>> import bridge as nnx
+  >>> from bridge.nn.recurrent import RNNBase
+  >>> params = lambda f: list(inspect.signature(f).parameters)
+  >>> sorted(params(RNNBase.__call__)[1:]) == sorted(params(nnx.RNN.__call__)[1:])
+  True
+  """
 
   def __call__(self, inputs, *, initial_carry=None, rngs=None, seq_lengths=None,
                return_carry=None, time_major=None, reverse=None, keep_order=None): ...
