@@ -1,6 +1,7 @@
 """Modules, Rngs, Variables and GraphDef as JAX pytrees, side by side with flax.nnx."""
 
 import copy
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -273,3 +274,14 @@ def test_bridge_jit_steady_call_neither_walks_nor_flattens_the_module():
   for _ in range(3):
     step(m)
   assert Counted.listed == before
+
+
+@pytest.mark.parametrize('name', ['data', 'static', 'is_data', 'has_data', 'register_data_type',
+                                  'dataclass', 'find_duplicates', 'check_pytree',
+                                  'set_graph_mode', 'set_graph_updates'])
+def test_signatures_match_flax(name):
+  def params(fn):  # defaults compared where they are plain values (not sentinels)
+    plain = (bool, int, type(None), type(Ellipsis), inspect.Parameter.empty)
+    return [(p.name, p.kind, p.default if isinstance(p.default, plain) or p.default is p.empty
+             else 'sentinel') for p in inspect.signature(fn).parameters.values()]
+  assert params(getattr(nnx, name)) == params(getattr(fnnx, name))
