@@ -4,6 +4,7 @@ and the same division for averages. Covers padding strings and pairs, strides,
 ``count_include_pad``, batch-less and multi-batch inputs, integer inputs, and the errors."""
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -30,18 +31,24 @@ CASES = [  # (input shape, window, strides, padding)
 ]
 
 
+def all_pools(lib, min_pool, x, window, strides, padding):
+  """Every pooling function of ``lib`` (bridge or flax.linen) on ``x``."""
+  return (lib.max_pool(x, window, strides, padding), min_pool(x, window, strides, padding),
+          lib.avg_pool(x, window, strides, padding, count_include_pad=True),
+          lib.avg_pool(x, window, strides, padding, count_include_pad=False),
+          lib.pool(x, 0., lax.add, window, strides, padding))
+
+
 @pytest.mark.parametrize('shape,window,strides,padding', CASES)
 def test_equal_to_linen(shape, window, strides, padding):
+  # one jitted program per side (the same ops either way), not one compilation per op
   x = data(0, shape)
-  for ours, theirs in ((nnx.max_pool, nn.max_pool), (nnx.min_pool, linen_pooling.min_pool)):
-    np.testing.assert_array_equal(ours(x, window, strides, padding),
-                                  theirs(x, window, strides, padding))
-  for include in (True, False):
-    np.testing.assert_array_equal(
-      nnx.avg_pool(x, window, strides, padding, count_include_pad=include),
-      nn.avg_pool(x, window, strides, padding, count_include_pad=include))
-  np.testing.assert_array_equal(nnx.pool(x, 0., lax.add, window, strides, padding),
-                                nn.pool(x, 0., lax.add, window, strides, padding))
+  ours = jax.jit(lambda x: all_pools(nnx, nnx.min_pool, x, window, strides, padding))(x)
+  theirs = jax.jit(lambda x: all_pools(nn, linen_pooling.min_pool, x, window, strides,
+                                       padding))(x)
+  for a, b in zip(ours, theirs, strict=True):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(nnx.max_pool(x, window, strides, padding), ours[0])  # eager
 
 
 def test_explicit_padding_with_two_batch_axes_pools_each_example():
