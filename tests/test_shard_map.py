@@ -19,20 +19,11 @@ def mesh(name):
 
 
 def make_mlp(lib):
-  # Kernels as plain Params: bridge's Linear checks the input size against in_features,
-  # which a shard of the hidden axis does not have.
-  class Dense(lib.Module):
-    def __init__(self, din, dout, key):
-      self.kernel = lib.Param(jax.random.normal(key, (din, dout)))
-
-    def __call__(self, x):
-      return x @ self.kernel[...]
-
   class MLP(lib.Module):
     def __init__(self):
-      k1, k2 = jax.random.split(jax.random.key(0))
-      self.linear1 = Dense(2, 16, k1)
-      self.linear2 = Dense(16, 3, k2)
+      rngs = lib.Rngs(0)  # the same weights in both libraries
+      self.linear1 = lib.Linear(2, 16, use_bias=False, rngs=rngs)
+      self.linear2 = lib.Linear(16, 3, use_bias=False, rngs=rngs)
       self.calls = lib.BatchStat(jnp.zeros(()))
 
     def __call__(self, x):

@@ -104,13 +104,15 @@ class Linear(Module):
 
   def __call__(self, inputs, out_sharding=None):
     """``inputs @ kernel + bias`` over the last axis of ``inputs``."""
-    if jnp.ndim(inputs) == 0 or jnp.shape(inputs)[-1] != self.in_features:
+    kernel = self.kernel[...]
+    # The kernel's own first axis, not in_features: inside shard_map both are local shards.
+    if jnp.ndim(inputs) == 0 or jnp.shape(inputs)[-1] != kernel.shape[0]:
       raise ValueError(
         f'{type(self).__name__}: the last axis of the input has size '
         f'{jnp.shape(inputs)[-1] if jnp.ndim(inputs) else "(none: a scalar)"} '
-        f'(input shape {jnp.shape(inputs)}), but the layer has in_features='
-        f'{self.in_features}; pass inputs of shape (..., {self.in_features}).')
-    kernel = self.kernel[...]
+        f'(input shape {jnp.shape(inputs)}), but the kernel has {kernel.shape[0]} input '
+        f'features (in_features={self.in_features}); pass inputs of shape '
+        f'(..., {kernel.shape[0]}).')
     bias = self.bias[...] if self.bias is not None else None
     inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
     y = self.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())),
