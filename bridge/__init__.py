@@ -15,6 +15,7 @@ import sys as _sys
 from bridge import (
   _repr,
   bridge,
+  compat,
   ema,
   filters,
   graph,
@@ -22,9 +23,11 @@ from bridge import (
   helpers,
   metrics,
   object,
+  pytreelib,
   rngs,
   spmd,
   summary,
+  tracers,
   training,
   traversals,
   variables,
@@ -115,9 +118,8 @@ from bridge.nn.attention import (
 from bridge.nn.conv import Conv, ConvTranspose
 from bridge.nn.embed import Embed
 from bridge.nn.linear import Einsum, Linear, LinearGeneral
-from bridge.nn.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
-from bridge.nn.stochastic import Dropout
 from bridge.nn.lora import LoRA, LoRALinear, LoRAParam
+from bridge.nn.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 from bridge.nn.pooling import avg_pool, max_pool, min_pool, pool
 from bridge.nn.recurrent import (
   RNN,
@@ -128,9 +130,10 @@ from bridge.nn.recurrent import (
   RNNCellBase,
   SimpleCell,
 )
+from bridge.nn.stochastic import Dropout
 from bridge.nn.weight_norms import SpectralNorm, WeightNorm
 from bridge.object import Object
-from bridge import compat, pytreelib
+from bridge.optimizer import ModelAndOptimizer, OptArray, Optimizer, OptState, OptVariable
 from bridge.pytreelib import (
   Data,
   Static,
@@ -143,7 +146,6 @@ from bridge.pytreelib import (
   register_data_type,
   static,
 )
-from bridge.optimizer import ModelAndOptimizer, OptArray, Optimizer, OptState, OptVariable
 from bridge.rngs import (
   RngCount,
   RngKey,
@@ -178,19 +180,10 @@ from bridge.state import (
 )
 from bridge.summary import tabulate
 from bridge.transforms.autodiff import DiffState, grad, value_and_grad
+from bridge.transforms.checkify import checkify
+from bridge.transforms.custom_vjp import custom_vjp
 from bridge.transforms.iteration import Carry, StateAxes, scan, vmap
 from bridge.transforms.jit import jit
-from bridge.transforms.vjp import jvp, vjp
-from bridge.transforms.custom_vjp import custom_vjp
-from bridge.transforms.checkify import checkify
-from bridge.transforms.make_jaxpr import make_jaxpr
-from bridge.transforms.partial import cached_partial, jit_partial
-from bridge.transforms.pmap import pmap
-from bridge.transforms.shard_map import shard_map
-from bridge.transforms.state_sharding import StateSharding
-from bridge.transforms.transform_metadata import transform_metadata
-from bridge.with_rngs import with_rngs
-from bridge import tracers
 from bridge.transforms.lift import (
   checkpoint,
   cond,
@@ -200,6 +193,13 @@ from bridge.transforms.lift import (
   switch,
   while_loop,
 )
+from bridge.transforms.make_jaxpr import make_jaxpr
+from bridge.transforms.partial import cached_partial, jit_partial
+from bridge.transforms.pmap import pmap
+from bridge.transforms.shard_map import shard_map
+from bridge.transforms.state_sharding import StateSharding
+from bridge.transforms.transform_metadata import transform_metadata
+from bridge.transforms.vjp import jvp, vjp
 from bridge.typing import Initializer
 from bridge.variables import (
   BatchStat,
@@ -216,6 +216,7 @@ from bridge.variables import (
 )
 from bridge.view import view, view_info, with_attributes
 from bridge.visualization import display
+from bridge.with_rngs import with_rngs
 
 # ``bridge.state`` is the function, as ``nnx.state`` is; the module is ``bridge.state`` in
 # sys.modules, so ``from bridge.state import State`` still works.
