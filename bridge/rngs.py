@@ -228,7 +228,7 @@ def split_rngs(node=None, /, *, splits: int | tuple[int, ...], only=..., squeeze
   return backups
 
 
-def restore_rngs(backups: tp.Iterable) -> None:
+def restore_rngs(backups: tp.Iterable, /) -> None:
   """Puts back the keys and counters that ``split_rngs`` replaced."""
   for stream, key, count in backups:
     stream.key.raw_value = key

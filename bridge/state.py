@@ -292,22 +292,27 @@ def from_flat_state(flat_state: Mapping[PathParts, tp.Any] | tp.Iterable[tuple[P
   return cls.from_flat_path(items)
 
 
-def merge_state(state, /, *states) -> State:
-  """One State with the leaves of all (later States win on equal paths)."""
+def merge_state(state, /, *states, cls: type[State] = State) -> State:
+  """One ``cls`` (a State by default) with the leaves of all (later States win on equal
+  paths).
+
+  >>> merge_state({'a': 1}, {'b': 2}).to_pure_dict()
+  {'a': 1, 'b': 2}
+  """
   items: dict = {}
   for s in (state, *states):
     items.update(to_flat_state(s))
-  return State.from_flat_path(items.items())
+  return cls.from_flat_path(items.items())
 
 
-def filter_state(state: State, *filters):
-  """``state.filter(*filters)``."""
-  return _as_state(state).filter(*filters)
+def filter_state(state: State, first, /, *filters):
+  """``state.filter(first, *filters)``."""
+  return _as_state(state).filter(first, *filters)
 
 
-def split_state(state: State, *filters):
-  """``state.split(*filters)``."""
-  return state.split(*filters)
+def split_state(state: State, first, /, *filters):
+  """``state.split(first, *filters)``."""
+  return state.split(first, *filters)
 
 
 def map_state(f: tp.Callable[[PathParts, tp.Any], tp.Any], state: State) -> State:
