@@ -134,6 +134,7 @@ from bridge.nn.stochastic import Dropout
 from bridge.nn.weight_norms import SpectralNorm, WeightNorm
 from bridge.object import Object
 from bridge.optimizer import ModelAndOptimizer, OptArray, Optimizer, OptState, OptVariable
+from bridge.prefix import prefix
 from bridge.pytreelib import (
   Data,
   Static,
@@ -201,6 +202,7 @@ from bridge.transforms.state_sharding import StateSharding
 from bridge.transforms.transform_metadata import transform_metadata
 from bridge.transforms.vjp import jvp, vjp
 from bridge.typing import Initializer
+from bridge.var_modes import ImmutableVariableError, var_defaults, vars_as, with_vars
 from bridge.variables import (
   BatchStat,
   Cache,

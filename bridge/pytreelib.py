@@ -6,7 +6,8 @@ declared with ``pytree=False``, so ``jax.jit(f)(model)``, ``jax.tree.map(f, mode
 when its value holds data: arrays, Variables, other Objects, types registered with
 ``register_data_type``; or when it is marked with ``nnx.data``. Everything else is *static*
 (part of the tree structure, compared by equality). ``nnx.static`` marks an attribute static
-and refuses data in it.
+and refuses data in it. An Object rebuilt by ``jax.tree.map`` & co. remembers which
+attributes were data, so a tree of axes (``nnx.prefix``) keeps the Module's structure.
 
 >>> import jax, jax.numpy as jnp
 >>> import bridge as nnx
@@ -17,6 +18,10 @@ and refuses data in it.
 ...     self.name = 'model'          # static
 >>> [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(Model())[0]]
 ['.scale', '.w.value']
+>>> is_param = lambda x: isinstance(x, nnx.Param)
+>>> axes = jax.tree.map(lambda x: 0, Model(), is_leaf=is_param)
+>>> axes.w, jax.tree.structure(axes) == jax.tree.structure(Model(), is_leaf=is_param)
+(0, True)
 """
 
 from __future__ import annotations
@@ -224,6 +229,9 @@ def _is_data_attr(obj, name, value) -> bool:
   status = status_of(obj, name)
   if status is not None:
     return status
+  rebuilt = vars(obj).get('_object__data')
+  if rebuilt is not None and name in rebuilt:
+    return True
   return bool(has_data(value))
 
 
@@ -251,6 +259,9 @@ def _make_unflatten(cls):
     values = {**dict(zip(data_names, leaves, strict=True)), **static_values}
     obj = object.__new__(cls)
     obj._graph_set_children({k: values[k] for k in names})
+    # the attributes that were data stay data whatever they hold now (ints of a prefix
+    # tree, tracers, None...), so the rebuilt object flattens to the same structure
+    vars(obj)['_object__data'] = frozenset(data_names)
     if explicit:
       vars(obj)['_object__explicit'] = dict(explicit)
     return obj

@@ -211,6 +211,7 @@ class Variable:
 
   @raw_value.setter
   def raw_value(self, value):
+    self._check_writable()
     self._check_trace(value)
     object.__setattr__(self, '_raw_value', value)
 
@@ -228,6 +229,16 @@ class Variable:
         '(e.g. bridge.jit(f)(model, x)) instead of closing over it, or use bridge transforms '
         'rather than jax ones for Modules.')
 
+  def _check_writable(self) -> None:
+    """Refuses a write to a Variable made read-only by ``nnx.with_vars(mutable=False)``."""
+    if self._metadata.get('mutable') is False:
+      from bridge.var_modes import ImmutableVariableError
+      where = _owner_path(self)
+      raise ImmutableVariableError(
+        f'Cannot write the read-only {type(self).__name__}{f" at {where!r}" if where else ""}'
+        f': it was made with nnx.with_vars(..., mutable=False). Make it writable with '
+        f'nnx.with_vars(node, mutable=True).')
+
   def get_value(self, *, index=MISSING):
     """The value (``value[index]`` if given), after the get hooks."""
     value = self._raw_value
@@ -238,6 +249,7 @@ class Variable:
 
   def set_value(self, value, *, index=MISSING):
     """Stores ``value`` (or writes it at ``index``) after the set hooks."""
+    self._check_writable()
     if isinstance(value, Variable):
       value = value.get_value()
     hooks = self._metadata.get('on_set_value')

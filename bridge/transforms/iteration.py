@@ -31,6 +31,7 @@ from jax import lax
 
 from bridge import filters as filterlib
 from bridge.graph import _Flattener
+from bridge.object import Object
 from bridge.transforms import tree_mode
 from bridge.transforms._boundary import (
   Box,
@@ -94,12 +95,48 @@ def _map_args(args: tuple, in_axes) -> _Mapped:
     elif isinstance(spec, StateAxes):
       raise ValueError(f'StateAxes given for an argument that is not a Module: {slot!r}')
     else:
-      arg_specs.append(spec)
-  leaf_axes = []
-  for path, handle in zip(flat.paths, flat.handles, strict=True):
-    spec = root_spec.get(path[0])
-    leaf_axes.append(spec.axis(path[1:], handle) if isinstance(spec, StateAxes) else spec)
+      arg_specs.append(_spread_spec(slot, spec, root_spec))
+  leaf_axes = [_axis_at(root_spec.get(path[0]), path[1:], handle)
+               for path, handle in zip(flat.paths, flat.handles, strict=True)]
   return _Mapped(dyn_args, flat, leaves, leaf_axes, arg_specs, root_spec)
+
+
+def _is_spec_leaf(x) -> bool:
+  return x is None or isinstance(x, (StateAxes, Object, Variable))
+
+
+def _spread_spec(slot, spec, root_spec: dict):
+  """For a pytree argument holding graph nodes (a dict of Variables...): gives each node
+  the part of the prefix ``spec`` over it; returns the spec of the rest."""
+  def visit(axis, sub):
+    for x in jax.tree.leaves(sub, is_leaf=lambda x: isinstance(x, NodeSlot)):
+      if isinstance(x, NodeSlot):
+        root_spec.setdefault(x.index, axis)
+    return None if isinstance(axis, (Object, Variable)) else axis
+  return jax.tree.map(visit, spec, slot, is_leaf=_is_spec_leaf)
+
+
+def _axis_at(spec, path: tuple, value):
+  """The axis that the prefix ``spec`` of a graph argument (an int, None, ``StateAxes`` or
+  a tree of them shaped like the node, as ``nnx.prefix`` makes) gives the leaf at
+  ``path``."""
+  for i, key in enumerate(path):
+    if isinstance(spec, StateAxes):
+      return spec.axis(path[i:], value)
+    if isinstance(spec, Object):
+      children = spec._graph_children()
+    elif isinstance(spec, (dict, list, tuple)):
+      children = spec if isinstance(spec, dict) else dict(enumerate(spec))
+    else:
+      return spec
+    if key not in children:
+      raise ValueError(f'in_axes: the prefix of a graph argument has no entry '
+                       f'{"/".join(map(str, path[:i + 1]))!r} for the leaf at '
+                       f'{"/".join(map(str, path))!r} ({type(value).__name__}).')
+    spec = children[key]
+  if isinstance(spec, StateAxes):
+    return spec.axis((), value)
+  return spec._raw_value if isinstance(spec, Variable) else spec
 
 
 def _specs(axes, n: int) -> tuple:
