@@ -1,23 +1,54 @@
 """Hashable views of static data (GraphDef attributes, Variable metadata).
 
 JAX compares static data (pytree aux data, ``static_argnums``) by hash and equality. Module
-attributes and metadata are often unhashable (lists, dicts, arrays); ``hashable`` wraps them
-so that equal plain data hashes equal and anything else is compared by identity.
+attributes and metadata are often unhashable (lists, dicts, arrays, dataclass configs);
+``hashable`` wraps them so that they hash and compare by value, frozen when first needed.
+
+The rule for what counts as the value: lists, tuples, dicts and sets by their elements,
+dataclass instances by their type and field values, NumPy arrays by dtype, shape and bytes;
+any other hashable object by its own ``__hash__``/``__eq__``; any other unhashable object by
+identity (an in-place change of such an object is not seen: give it ``__eq__`` and
+``__hash__``, make it a dataclass, or assign a new object).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+
+import numpy as np
+
+# Values that never change in place (functions: by identity, as jax.jit compares them).
+_IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None), type, np.dtype,
+                        types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+                        type(Ellipsis)})
+
 
 def freeze(value):
-  """A hashable stand-in for ``value``: lists, tuples and dicts recursively (dicts
-  regardless of insertion order, as ``==`` compares them), sets as frozensets; unhashable
-  objects by identity."""
+  """A hashable stand-in for ``value``, equal for equal values (see the module docstring).
+
+  >>> import dataclasses
+  >>> @dataclasses.dataclass
+  ... class Cfg:
+  ...   sizes: list
+  >>> freeze(Cfg([1, 2])) == freeze(Cfg([1, 2])), freeze(Cfg([1])) == freeze(Cfg([2]))
+  (True, False)
+  >>> freeze({'a': 1, 'b': 2}) == freeze({'b': 2, 'a': 1})
+  True
+  """
+  if type(value) in _IMMUTABLE:
+    return value
   if isinstance(value, (list, tuple)):
     return (type(value).__name__, tuple(freeze(v) for v in value))
   if isinstance(value, dict):
     return ('dict', frozenset((k, freeze(v)) for k, v in value.items()))
-  if isinstance(value, set):
-    return frozenset(freeze(v) for v in value)
+  if isinstance(value, (set, frozenset)):
+    return (type(value).__name__, frozenset(freeze(v) for v in value))
+  if isinstance(value, np.ndarray):
+    return ('ndarray', value.dtype.str, value.shape, value.tobytes())
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return (type(value), tuple(freeze(getattr(value, f.name))
+                               for f in dataclasses.fields(value)))
   try:
     hash(value)
   except TypeError:
@@ -25,8 +56,30 @@ def freeze(value):
   return value
 
 
+def is_mutable(value) -> bool:
+  """Whether ``freeze(value)`` can change while ``value`` stays the same object: what a
+  cache keyed on the frozen form must re-check (containers, dataclasses, arrays).
+
+  >>> is_mutable((1, 'a')), is_mutable(([1],)), is_mutable(len)
+  (False, True, False)
+  """
+  if type(value) in _IMMUTABLE:
+    return False
+  if isinstance(value, (tuple, frozenset)):
+    return any(map(is_mutable, value))
+  if isinstance(value, (list, dict, set, np.ndarray)):
+    return True
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return not type(value).__dataclass_params__.frozen or any(
+      is_mutable(getattr(value, f.name)) for f in dataclasses.fields(value))
+  return False
+
+
 class hashable:  # noqa: N801 (reads as a function at call sites)
   """Wraps a value so that it hashes and compares through :func:`freeze`.
+
+  The frozen form is taken at the first hash or comparison (or given as ``frozen``), so a
+  value changed in place afterwards compares unequal to a fresh ``hashable`` of it.
 
   >>> hashable({'a': [1, 2]}) == hashable({'a': [1, 2]})
   True
@@ -34,13 +87,19 @@ class hashable:  # noqa: N801 (reads as a function at call sites)
   True
   >>> hashable({'a': 1, 'b': 2}) == hashable({'b': 2, 'a': 1})
   True
+  >>> config = {'sizes': [1]}
+  >>> before = hashable(config)
+  >>> _ = hash(before)
+  >>> config['sizes'].append(2)
+  >>> before == hashable(config)
+  False
   """
 
   __slots__ = ('value', '_frozen')
 
-  def __init__(self, value):
+  def __init__(self, value, frozen=None):
     self.value = value
-    self._frozen = None
+    self._frozen = frozen
 
   def frozen(self):
     if self._frozen is None:
@@ -51,7 +110,7 @@ class hashable:  # noqa: N801 (reads as a function at call sites)
     return hash(self.frozen())
 
   def __eq__(self, other):
-    if self is other or (isinstance(other, hashable) and self.value is other.value):
+    if self is other:
       return True
     return isinstance(other, hashable) and self.frozen() == other.frozen()
 

@@ -174,7 +174,7 @@ class Variable:
   (1, 'Counter')
   """
 
-  __slots__ = ('_raw_value', '_metadata', '_trace')
+  __slots__ = ('_raw_value', '_metadata', '_trace', '__weakref__')  # weak: jit's walk cache
 
   def __init_subclass__(cls, **kwargs):
     super().__init_subclass__(**kwargs)

@@ -2,6 +2,7 @@
 jit never runs on a stale walk or stale metadata, its caches are bounded and hold no model
 alive, and bad static arguments / layer configurations get clear errors."""
 
+import dataclasses
 import gc
 import weakref
 
@@ -267,3 +268,92 @@ def test_a_layer_without_rngs_says_what_rngs_must_be(layer, rngs):
   with pytest.raises(flax_type, match=f'{layer}: rngs must be an nnx.Rngs .*'
                      r'rngs=nnx.Rngs\(0\).*, got ' + repr(rngs)):
     getattr(nnx, layer)(*args, rngs=rngs)
+
+
+# -- static data changed in place is seen by jit (flax.nnx.jit returns stale results) ---------
+@dataclasses.dataclass
+class _Cfg:
+  scales: list
+  table: np.ndarray
+
+
+def _configured(lib):
+  class M(lib.Module):
+    def __init__(self):
+      self.cfg = _Cfg([1.0], np.array([1.0, 1.0]))
+      self.t = ([1.0],)
+      self.d = {'k': [2.0]}
+      self.w = lib.Param(jnp.ones(2))
+
+    def __call__(self, x):
+      scale = sum(self.cfg.scales) * sum(self.t[0]) * sum(self.d['k'])
+      return x * self.w * scale * jnp.asarray(self.cfg.table)
+  return M()
+
+
+_MUTATIONS = [
+  lambda m: m.cfg.scales.append(3.0),  # a dataclass field, in place
+  lambda m: m.cfg.table.__setitem__(0, 5.0),  # a NumPy array in a dataclass, in place
+  lambda m: m.t[0].__setitem__(0, 7.0),  # a list element in a tuple, replaced
+  lambda m: m.d['k'].append(1.0),  # a list in a dict, in place
+]
+
+
+def test_jit_sees_static_data_changed_in_place():
+  traces = []
+
+  def call(m, x):
+    traces.append(1)
+    return m(x)
+  f = nnx.jit(call)
+  ours, theirs, x = _configured(nnx), _configured(fnnx), jnp.arange(2.0)
+  np.testing.assert_array_equal(f(ours, x), theirs(x))
+  for mutate in _MUTATIONS:
+    mutate(ours)
+    mutate(theirs)
+    # flax.nnx.jit still returns the first result here; the eager flax call is the truth
+    np.testing.assert_array_equal(f(ours, x), theirs(x))
+  assert len(traces) == 1 + len(_MUTATIONS)
+  f(ours, x)
+  assert len(traces) == 1 + len(_MUTATIONS)  # unchanged: the cached walk and program
+
+
+def test_only_static_values_that_can_change_in_place_are_rechecked():
+  f = nnx.jit(lambda m, x: m(x))
+  plain = nnx.Linear(2, 2, rngs=nnx.Rngs(0))  # ints, strings, functions, dtypes: no work
+  f(plain, jnp.ones(2))
+  assert f.cache.get((plain,)).statics == []
+  configured = _configured(nnx)
+  f(configured, jnp.ones(2))
+  rechecked = [value for value, _ in f.cache.get((configured,)).statics]
+  assert sorted(map(id, rechecked)) == sorted(
+    map(id, [configured.cfg, configured.t, configured.d]))  # outermost values only
+
+
+def test_an_object_without_value_equality_is_static_by_identity():
+  class Opaque:  # neither a dataclass nor hashable by value: compared by identity
+    def __init__(self, k):
+      self.k = k
+    __hash__ = None
+  f = nnx.jit(lambda m: m.w[...] * m.o.k)
+  m = nnx.Module()
+  m.w, m.o = nnx.Param(jnp.ones(())), Opaque(2.0)
+  assert float(f(m)) == 2.0
+  m.o = Opaque(3.0)  # a new object: a new static value
+  assert float(f(m)) == 3.0
+
+
+def test_a_freed_variable_argument_frees_its_array_after_jit():
+  shape = (7, 11)
+  f = nnx.jit(lambda v, x: v[...] * x)
+  v = nnx.Param(jnp.ones(shape))
+  f(v, 2.0)
+  np.testing.assert_array_equal(f(v, 2.0), fnnx.jit(lambda v, x: v[...] * x)(
+    fnnx.Param(jnp.ones(shape)), 2.0))
+  assert _live(shape) == 1
+  ref = weakref.ref(v)
+  del v
+  gc.collect()
+  assert ref() is None
+  assert _live(shape) == 0
+  assert not f.cache.entries

@@ -7,11 +7,12 @@ nodes over traced leaves; after the function runs they are flattened again and e
 remembers which input node it came from (its *origin*), so the caller's own objects are
 updated in place, new Variables and attributes included.
 
-The walk is cached per argument set and redone only when ``structure_epoch()`` moved or a
-plain list/dict inside the graph changed, so a steady-state call costs a list comprehension
-over the Variables, not a walk over Python objects. The cache holds the argument objects
-weakly: a walk is dropped when one of its Modules is freed, so a dropped model's arrays go
-with it.
+The walk is cached per argument set and redone only when ``structure_epoch()`` moved, a
+plain list/dict inside the graph changed, or a static attribute that can change in place
+(a list, a dataclass config, a NumPy array: see ``bridge._static``) no longer equals its
+value at the walk, so a steady-state call costs a list comprehension over the Variables, not
+a walk over Python objects. The cache holds the argument objects weakly: a walk is dropped
+when one of its Modules or Variables is freed, so a dropped model's arrays go with it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import weakref
 import jax
 import numpy as np
 
+from bridge._static import freeze, is_mutable
 from bridge.graph import (
   ArrayDef,
   GraphDef,
@@ -127,10 +129,10 @@ class _AttrSlot:
       parent[self.key] = value
 
 
-def _weak(node):
-  """A weak reference to an Object (Modules, Rngs: what may hold a whole model); other
-  nodes (Variables, lists, dicts) as they are."""
-  return weakref.ref(node) if isinstance(node, Object) else node
+def _weak(node, callback=None):
+  """A weak reference to an Object or Variable (what may hold a model or its arrays);
+  other nodes (lists, dicts) as they are."""
+  return weakref.ref(node, callback) if isinstance(node, GRAPH_TYPES) else node
 
 
 def _strong(ref):
@@ -139,13 +141,23 @@ def _strong(ref):
 
 class _Walker(_Flattener):
   """A walk that snapshots every plain list and dict when it reaches it, leafless ones
-  included (they become static, yet a Variable added to one later must be seen)."""
+  included (they become static, yet a Variable added to one later must be seen), and
+  records the frozen form of each outermost static value that can change in place."""
 
-  __slots__ = ('containers',)
+  __slots__ = ('containers', 'statics')
 
   def __init__(self):
     super().__init__()
     self.containers: dict[int, tuple] = {}
+    self.statics: list[tuple] = []
+
+  def walk(self, x, path):
+    n = len(self.statics)
+    d = super().walk(x, path)
+    if type(d) is StaticDef and is_mutable(x):
+      del self.statics[n:]  # covered by x's own frozen form
+      self.statics.append((x, d.value.frozen()))
+    return d
 
   def _walk_container(self, x, path):
     if type(x) in (list, dict):
@@ -156,12 +168,12 @@ class _Walker(_Flattener):
 class Flat:
   """One walk of a set of graph arguments: GraphDef, leaf handles, nodes by index.
 
-  Objects (the roots among them) are held weakly; ``on_free(ref)`` is called when a root
-  Object is freed.
+  Objects and Variables (the roots among them) are held weakly; ``on_free(ref)`` is
+  called when a root is freed.
   """
 
-  __slots__ = ('graphdef', 'paths', 'handles', 'groups', '_nodes', 'containers', 'epoch',
-               '_roots', 'calls')
+  __slots__ = ('graphdef', 'paths', '_handles', '_groups', '_nodes', 'containers',
+               'statics', 'epoch', '_roots', 'calls', '_weak_handles')
 
   def __init__(self, roots: tuple, on_free: tp.Callable | None = None):
     self.epoch = structure_epoch()  # before the walk: a change made during it is not missed
@@ -169,22 +181,40 @@ class Flat:
     self.graphdef = GraphDef(f.walk(roots, ()))
     self._nodes = [_weak(n) for n in f.nodes]
     self.paths = [path for path, _ in f.leaves]
-    self.handles = [leaf if isinstance(leaf, Variable) else _attr_slot(roots, path)
-                    for path, leaf in f.leaves]
+    # A Variable passed as an argument itself is its own handle: held weakly, as a root.
+    root_vars = {id(r) for r in roots if isinstance(r, Variable)}
+    self._weak_handles = bool(root_vars)
+    self._handles = [(_weak(leaf) if id(leaf) in root_vars else leaf)
+                     if isinstance(leaf, Variable) else _attr_slot(roots, path)
+                     for path, leaf in f.leaves]
     bounds = [0] * (len(roots) + 1)  # leaves are in root order: root r's are a slice
     for path, _ in f.leaves:
       bounds[path[0] + 1] += 1
     for r in range(len(roots)):
       bounds[r + 1] += bounds[r]
-    self.groups = [self.handles[bounds[r]:bounds[r + 1]] for r in range(len(roots))]
+    self._groups = [self._handles[bounds[r]:bounds[r + 1]] for r in range(len(roots))]
     self.containers = list(f.containers.values())
-    self._roots = tuple(weakref.ref(r, on_free) if isinstance(r, Object) else r
-                        for r in roots)
+    self.statics = f.statics
+    self._roots = tuple(_weak(r, on_free) for r in roots)
     self.calls: dict = {}  # the transform's compiled callables for this walk
 
   @property
   def roots(self) -> tuple:
     return tuple(map(_strong, self._roots))
+
+  @property
+  def handles(self) -> list:
+    """The leaves' handles in walk order: Variables, or slots of raw array attributes."""
+    if self._weak_handles:
+      return list(map(_strong, self._handles))
+    return self._handles
+
+  @property
+  def groups(self) -> list[list]:
+    """``handles`` split by root."""
+    if self._weak_handles:
+      return [list(map(_strong, group)) for group in self._groups]
+    return self._groups
 
   @property
   def nodes(self) -> list:
@@ -198,11 +228,14 @@ class Flat:
     """Whether nothing in the walked graph changed its structure since the walk."""
     if self.epoch != structure_epoch():
       return False
+    if self.statics and any(freeze(v) != frozen for v, frozen in self.statics):
+      return False
     return all(_snapshot(c) == snap for c, snap in self.containers)
 
   def leaf_groups(self) -> list[list]:
     """The current leaf values, one list per root."""
-    return [[h._raw_value for h in group] for group in self.groups]
+    groups = self.groups if self._weak_handles else self._groups
+    return [[h._raw_value for h in group] for group in groups]
 
 
 def _snapshot(container) -> tuple:
