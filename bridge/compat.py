@@ -48,7 +48,7 @@ def __getattr__(name):
     raise AttributeError(f'module bridge.compat has no attribute {name!r}')
   if name not in _cache:
     import bridge
-    fn = getattr(bridge, name, None)
+    fn = getattr(bridge, name, None) or getattr(bridge.rngs, name, None)
     if fn is None:
       raise AttributeError(f'bridge.compat.{name}: bridge has no {name!r} yet.')
     _cache[name] = graph_mode_version(fn)

@@ -229,10 +229,29 @@ def split_rngs(node=None, /, *, splits: int | tuple[int, ...], only=..., squeeze
 
 
 def restore_rngs(backups: tp.Iterable, /) -> None:
-  """Puts back the keys and counters that ``split_rngs`` replaced."""
-  for stream, key, count in backups:
+  """Puts back the keys and counters that ``split_rngs``/``fork_rngs`` replaced, or the
+  keys ``backup_keys`` saved (their counters are left as they are)."""
+  for stream, key, *count in backups:
     stream.key.raw_value = key
-    stream.count.raw_value = count
+    if count:
+      stream.count.raw_value = count[0]
+
+
+def backup_keys(node, /, *, graph: bool | None = None) -> list:
+  """The key of every ``RngStream`` in ``node``, for ``restore_rngs`` to put back (the
+  counters are not saved). flax.nnx has it as ``nnx.compat.backup_keys``.
+
+  >>> import jax
+  >>> import bridge as nnx
+  >>> rngs = nnx.Rngs(0)
+  >>> backups = nnx.compat.backup_keys(rngs)
+  >>> rngs.default.key.raw_value = rngs.default()  # e.g. reseeded by a transform
+  >>> nnx.restore_rngs(backups)
+  >>> bool((jax.random.key_data(rngs.default.key.raw_value) == 0).all())
+  True
+  """
+  return [(stream, stream.key.raw_value) for _, stream in iter_graph(node, graph=graph)
+          if isinstance(stream, RngStream)]
 
 
 def fork_rngs(node, /, *, split=None, graph: bool | None = None,

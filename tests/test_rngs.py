@@ -383,3 +383,19 @@ def test_reseed_policies():
   assert holder.rngs.params.count.value.shape == (2,)
   with pytest.raises(ValueError, match='policy'):
     nnx.reseed(holder, policy='nope', params=1)
+
+
+def test_compat_backup_keys_restores_keys_but_not_counters_as_flax_nnx():
+  got = {}
+  for lib in (fnnx, nnx):
+    rngs = lib.Rngs(0, dropout=1)
+    backups = lib.compat.backup_keys(rngs)
+    rngs(), rngs.dropout(), rngs.dropout()
+    lib.split_rngs(rngs, splits=2)  # replaces the keys with split ones
+    lib.restore_rngs(backups)
+    got[lib] = [(jax.random.key_data(s.key[...]), s.count[...])
+                for s in (rngs.default, rngs.dropout)]
+  for (key, count), (fkey, fcount) in zip(got[nnx], got[fnnx], strict=True):
+    np.testing.assert_array_equal(key, fkey)
+    np.testing.assert_array_equal(count, fcount)
+  assert got[nnx][1][0].tolist() == [0, 1]  # the key from before the split
