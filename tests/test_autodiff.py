@@ -497,3 +497,63 @@ def test_module_passed_as_keyword_is_written_back_without_tracers():
   assert not isinstance(recorder.y.value[0], jax.core.Tracer)
   np.testing.assert_array_equal(recorder.y.value[0], model(x34()))
   np.testing.assert_array_equal(grads['bias'].value, np.full(2, 4.0, np.float32))
+
+
+# -- Variables passed themselves; flax.nnx's intermediate-gradient (perturb) recipe ---------
+def _perturbed_model(lib):
+  class Model(lib.Module):
+    def __init__(self):
+      self.w = lib.Param(jnp.array([2.0, 3.0]))
+
+    def __call__(self, x):
+      h = self.perturb('h', x * self.w[...])
+      self.sow(lib.Intermediate, 'h2', h ** 2)
+      return (3 * h ** 2).sum()
+  return Model()
+
+
+def _perturb_step(lib, argnums):
+  model, x = _perturbed_model(lib), jnp.array([1.0, 2.0])
+  _, perturbations = lib.capture(model, lib.Perturbation)(x)
+
+  def loss(model, perturbations, x):
+    return lib.capture(model, lib.Intermediate, init=perturbations)(x)
+  grads, sowed = lib.grad(loss, argnums=argnums, has_aux=True)(model, perturbations, x)
+  perturb_grads = grads[1] if isinstance(grads, tuple) else grads
+  return grads, lib.merge_state(perturb_grads, sowed)
+
+
+def _same_state(ours, theirs):
+  ours_flat, theirs_flat = nnx.to_flat_state(ours), fnnx.to_flat_state(theirs)
+  assert [(p, type(v).__name__) for p, v in ours_flat] == \
+    [(p, type(v).__name__) for p, v in theirs_flat]
+  for (_, a), (_, b) in zip(ours_flat, theirs_flat, strict=True):
+    jax.tree.map(np.testing.assert_array_equal, a.get_value(), b.get_value())  # sown: tuples
+
+
+@pytest.mark.parametrize('argnums', ['diffstate', 'int', 'both'])
+def test_the_perturb_recipe_gives_flaxs_intermediate_gradients(argnums):
+  make = {'diffstate': lambda lib: lib.DiffState(1, lib.Perturbation),
+          'int': lambda lib: 1, 'both': lambda lib: (0, 1)}[argnums]
+  ours_grads, ours = _perturb_step(nnx, make(nnx))
+  theirs_grads, theirs = _perturb_step(fnnx, make(fnnx))
+  _same_state(ours, theirs)  # Perturbation gradients and sown Intermediates
+  assert sorted(p for p, _ in nnx.to_flat_state(ours)) == [('h',), ('h2',)]
+  if argnums == 'both':
+    _same_state(ours_grads[0], theirs_grads[0])  # the model's Param gradient
+
+
+@pytest.mark.parametrize('wrap', ['alone', 'dict', 'State'])
+@pytest.mark.parametrize('filter_name', ['int', 'Param', 'Perturbation'])
+def test_a_variable_argument_is_differentiated_whatever_the_filter(wrap, filter_name):
+  def grads(lib):
+    v = lib.Perturbation(jnp.array([1.0, 2.0]))
+    arg = {'alone': v, 'dict': {'a': v}, 'State': lib.State({'a': v})}[wrap]
+    argnums = 0 if filter_name == 'int' else lib.DiffState(0, getattr(lib, filter_name))
+    return lib.grad(lambda a: (jax.tree.leaves(a)[0] ** 3).sum(), argnums=argnums)(arg)
+  ours, theirs = grads(nnx), grads(fnnx)
+  assert type(ours).__name__ == type(theirs).__name__
+  ours_vars = jax.tree.leaves(ours, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  theirs_vars = jax.tree.leaves(theirs, is_leaf=lambda x: isinstance(x, fnnx.Variable))
+  assert [type(v).__name__ for v in ours_vars] == ['Perturbation'] * len(theirs_vars)
+  np.testing.assert_array_equal(ours_vars[0][...], theirs_vars[0][...])

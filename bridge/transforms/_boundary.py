@@ -221,6 +221,10 @@ class Flat:
     """The walked nodes (Objects, Variables, lists, dicts) by index."""
     return list(map(_strong, self._nodes))
 
+  def root(self, index: int):
+    """Graph argument ``index`` (what ``NodeSlot(index)`` stands for)."""
+    return _strong(self._roots[index])
+
   def node(self, index: int):
     return _strong(self._nodes[index])
 

@@ -70,7 +70,9 @@ class DiffSplit:
   """The differentiated arguments of a call split at the boundary: each one's value with
   its graph nodes replaced by the lists of their differentiated leaves (``inputs``), and
   the graph leaves no argument differentiates (``rest``). A graph leaf goes to the first
-  spec (and first occurrence of its node) whose filter it matches."""
+  spec (and first occurrence of its node) whose filter it matches; a Variable passed
+  itself (alone or in a pytree such as a ``State``) is differentiated whatever the filter,
+  as in flax.nnx, where the filter picks among a Module's Variables."""
 
   def __init__(self, specs: tp.Sequence[DiffState], dyn_args: list, flat: Flat, name: str):
     argnums = [s.argnum for s in specs]
@@ -91,9 +93,10 @@ class DiffSplit:
         if not isinstance(v, NodeSlot):
           parts.append(None)
           continue
+        pick = _everything if isinstance(flat.root(v.index), Variable) else predicate
         chosen = [i for i, (path, h) in enumerate(zip(flat.paths, flat.handles, strict=True))
                   if path[0] == v.index and i not in taken
-                  and predicate(path[1:], h if isinstance(h, Variable) else h._raw_value)]
+                  and pick(path[1:], h if isinstance(h, Variable) else h._raw_value)]
         taken.update(chosen)
         parts.append(chosen)
       self.args.append(_DiffArg(spec.argnum % len(dyn_args), treedef, parts, values))
@@ -124,6 +127,10 @@ class DiffSplit:
           values.append(v)
       call_args[d.argnum] = d.treedef.unflatten(values)
     return full, call_args
+
+
+def _everything(path, value) -> bool:
+  return True
 
 
 def _transform(f, argnums, has_aux, holomorphic, allow_int, return_value: bool,
@@ -167,6 +174,10 @@ def node_grads(d: _DiffArg, grads, flat: Flat, as_state: bool):
   for part, v, cut in zip(d.parts, d.values, d.treedef.flatten_up_to(grads), strict=True):
     if part is None:
       values.append(cut)
+    elif as_state and isinstance(node := flat.root(v.index), Variable):
+      # a Variable passed itself: its gradient is a Variable of its type (zero if another
+      # argument, which holds it too, took it)
+      values.append(node.replace(cut[0] if cut else jax.numpy.zeros_like(node._raw_value)))
     elif as_state:
       values.append(State.from_flat_path(
         (flat.paths[i][1:], h.replace(g) if isinstance(h := flat.handles[i], Variable) else g)
