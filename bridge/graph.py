@@ -236,7 +236,9 @@ class _Unflattener:
       return self.nodes[d.index]
     if type(d) is VariableDef:
       leaf = self.lookup(path, d)
-      if isinstance(leaf, Variable):
+      if isinstance(leaf, _Raw):
+        var = leaf.value
+      elif isinstance(leaf, Variable):
         if type(leaf) is not d.type:
           raise ValueError(f'State does not fit the GraphDef at {_fmt(path)}: expected a '
                            f'{d.type.__name__}, got a {type(leaf).__name__}.')
@@ -329,20 +331,38 @@ def graphdef(node, /, *, graph: bool | None = None) -> GraphDef:
   return _flatten(node)[0]
 
 
-def merge(graphdef: GraphDef, state=None, /, *states):
+def merge(graphdef_or_graphstate, /, *states, copy: bool = False,
+          recreate_variables: bool = True):
   """Builds the graph back from a GraphDef and the State(s) ``split`` gave, or from the
   GraphStates ``unpack`` gave (``merge(params, rest)``).
 
-  The Variables in the States are used as they are (not copied). A State that does not fit
-  the GraphDef is an error naming the first path that does not fit.
+  The Variables in the States are used as they are, unless ``copy=True`` (new Variables
+  holding the same values). A plain value where the GraphDef has a Variable is wrapped in a
+  Variable of that type and metadata, unless ``recreate_variables=False`` (then it is put
+  in the graph as it is). A State that does not fit the GraphDef is an error naming the
+  first path that does not fit.
+
+  >>> import bridge as nnx
+  >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  >>> graphdef, state = nnx.split(model)
+  >>> nnx.merge(graphdef, state).kernel is state['kernel']
+  True
+  >>> nnx.merge(graphdef, state, copy=True).kernel is state['kernel']
+  False
+  >>> pure = nnx.State(state.to_pure_dict())
+  >>> type(nnx.merge(graphdef, pure, recreate_variables=False).kernel).__name__
+  'ArrayImpl'
   """
+  graphdef = graphdef_or_graphstate
   if not isinstance(graphdef, GraphDef) and hasattr(graphdef, '_graphdef'):  # GraphState
-    graphdef, state, states = graphdef._graphdef, graphdef._state, \
-      (*(() if state is None else (state,)), *states)
-  if state is None:
-    raise TypeError('merge needs the State(s) of the GraphDef: merge(graphdef, state, ...), '
-                    'or GraphStates from nnx.unpack.')
-  by_path = dict(merge_state(state, *states).flat_state())
+    graphdef, states = graphdef._graphdef, (graphdef._state, *states)
+  if not isinstance(graphdef, GraphDef):
+    raise TypeError(f'merge expects a GraphDef or a GraphState (from nnx.unpack) first, got '
+                    f'{type(graphdef).__name__}.')
+  if not states:
+    raise TypeError("merge() missing 1 required positional argument: 'state' (merge takes a "
+                    'GraphDef and the State(s) split gave, or GraphStates from nnx.unpack).')
+  by_path = dict(merge_state(*states).flat_state())
   used: set = set()
 
   def lookup(path, d):
@@ -350,7 +370,10 @@ def merge(graphdef: GraphDef, state=None, /, *states):
       kind = d.type.__name__ if isinstance(d, VariableDef) else 'array'
       raise ValueError(f'State does not fit the GraphDef: it has no {kind} at {_fmt(path)}.')
     used.add(path)
-    return by_path[path]
+    leaf = by_path[path]
+    if isinstance(leaf, Variable):
+      return leaf.replace() if copy else leaf
+    return leaf if recreate_variables or not isinstance(d, VariableDef) else _Raw(leaf)
 
   node = _Unflattener(lookup).build(graphdef.root, ())
   if len(used) != len(by_path):
@@ -361,22 +384,61 @@ def merge(graphdef: GraphDef, state=None, /, *states):
   return node
 
 
+class _Raw(tp.NamedTuple):
+  """A plain value that ``merge(..., recreate_variables=False)`` puts where the GraphDef
+  has a Variable, as it is."""
+  value: tp.Any
+
+
 def update(node, state, /, *states) -> None:
   """Writes the values (and metadata) of the State(s) into ``node``'s Variables in place;
-  a path the node does not have yet gets a new Variable attribute."""
+  a path the node does not have yet gets a new Variable attribute, inside new dicts where
+  the path goes through entries that do not exist. As in flax.nnx, a pytree Object (a
+  Module, ``nnx.Dict``...) refuses a new entry holding a dict of Variables (ValueError); a
+  ``bridge.bridge.Module`` (not a pytree), a dict or a list takes it.
+
+  >>> import jax.numpy as jnp
+  >>> import bridge as nnx
+  >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  >>> nnx.update(model, {'kernel': nnx.Param(jnp.zeros((2, 3))), 'extra': nnx.Param(1)})
+  >>> float(model.kernel[...].sum()), model.extra[...]
+  (0.0, 1)
+  """
   for path, leaf in merge_state(state, *states).flat_state():
     parent = node
-    for key in path[:-1]:
-      parent = _child(parent, key, path)
-    key = path[-1]
-    current = _child(parent, key, path, default=None)
-    if isinstance(current, Variable):
-      if isinstance(leaf, Variable):
-        current.update_from_state(leaf)
-      else:
-        current.raw_value = leaf
+    for i, key in enumerate(path[:-1]):
+      child = _child(parent, key, path, default=_MISSING)
+      if child is _MISSING:
+        _add_nested(parent, key, path[i + 1:], leaf, path)
+        break
+      parent = child
     else:
-      _set_child(parent, key, leaf)
+      key = path[-1]
+      current = _child(parent, key, path, default=None)
+      if isinstance(current, Variable):
+        if isinstance(leaf, Variable):
+          current.update_from_state(leaf)
+        else:
+          current.raw_value = leaf
+      else:
+        _set_child(parent, key, leaf)
+
+
+_MISSING = object()
+
+
+def _add_nested(parent, key, rest: PathParts, leaf, path: PathParts) -> None:
+  """``update`` of a path whose ``key`` is missing in ``parent``: a new dict holding
+  ``leaf`` at ``rest``."""
+  if isinstance(parent, Object) and type(parent)._object__pytree:
+    raise ValueError(
+      f'update: the node has nothing at {key!r} on the way to {_fmt(path)}, and a new entry '
+      f'holding a dict of Variables is not allowed in the {type(parent).__name__} (a pytree '
+      f'Module, nnx.Dict or nnx.List). Create it first (e.g. `self.{key} = nnx.Dict()`).')
+  value = leaf
+  for k in reversed(rest):
+    value = {k: value}
+  _set_child(parent, key, value)
 
 
 def _child(parent, key, path, default=...):
@@ -416,19 +478,35 @@ def _del_child(parent, key):
     bump_structure_epoch()
 
 
-def clone(node, *, graph: bool | None = None):
-  """A deep copy of the graph: new Variables and nodes, the same structure and sharing.
+def clone(node, variables: bool = True, *, arrays: bool = False,
+          graph: bool | None = None):
+  """A copy of the graph: new nodes with the same structure and sharing. With
+  ``variables=True`` the Variables are new ones too (holding the same arrays, or copies of
+  them with ``arrays=True``); with ``variables=False`` the copy holds ``node``'s Variables.
 
   >>> import bridge as nnx
   >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
   >>> copy = nnx.clone(model)
   >>> copy.kernel is model.kernel, bool((copy.kernel == model.kernel).all())
   (False, True)
+  >>> nnx.clone(model, variables=False).kernel is model.kernel
+  True
+  >>> nnx.clone(model, arrays=True).kernel[...] is model.kernel[...]
+  False
   """
+  if arrays and not variables:
+    raise ValueError('clone: If arrays is True, variables should be also True (got '
+                     'variables=False, arrays=True).')
   check_tree(node, 'clone', graph)
   graphdef, leaves = _flatten(node)
-  return unflatten(graphdef, [leaf.replace() if isinstance(leaf, Variable) else leaf
-                              for _, leaf in leaves])
+
+  def copy_leaf(leaf):
+    if arrays:
+      leaf = jax.tree.map(lambda x: x.copy() if isinstance(x, (jax.Array, np.ndarray)) else x,
+                          leaf)
+    return leaf.replace() if variables and isinstance(leaf, Variable) else leaf
+
+  return unflatten(graphdef, [copy_leaf(leaf) for _, leaf in leaves])
 
 
 def pop(node, *filters):

@@ -13,7 +13,8 @@ from bridge.graph import Key, PathParts  # noqa: F401
 from bridge.graph import __all__ as _graph_all
 from bridge.graph import state as variables  # noqa: F401
 from bridge.graph_map import map, recursive_map, set_metadata  # noqa: F401
+from bridge.module import iter_children  # noqa: F401
 from bridge.var_modes import vars_as, with_vars  # noqa: F401
 
 __all__ = [*_graph_all, 'Key', 'PathParts', 'variables', 'map', 'recursive_map',
-           'set_metadata', 'with_vars', 'vars_as']
+           'set_metadata', 'with_vars', 'vars_as', 'iter_children']

@@ -118,10 +118,11 @@ def iter_modules(module, /, *, graph: bool | None = None) -> tp.Iterator[tuple[t
       yield path, x
 
 
-def iter_children(module, /, *, graph: bool | None = None
-                  ) -> tp.Iterator[tuple[str, Module]]:
-  """The Modules that are direct attributes of ``module``, as ``(name, module)``; in tree
-  mode (``graph=False``) shared references in ``module`` are a ValueError.
+def iter_children(node, /, *, graph: bool | None = None
+                  ) -> tp.Iterator[tuple[tp.Hashable, tp.Any]]:
+  """The direct children of ``node`` that are graph nodes (Modules, ``nnx.List``...) or
+  Variables, as ``(key, child)``; ``node`` is a Module or other Object, a dict or a
+  list. In tree mode (``graph=False``) shared references in ``node`` are a ValueError.
 
   >>> import bridge as nnx
   >>> class Pair(nnx.Module):
@@ -130,11 +131,22 @@ def iter_children(module, /, *, graph: bool | None = None
   ...     self.size = 1
   >>> [name for name, _ in nnx.iter_children(Pair())]
   ['a']
+  >>> [name for name, _ in nnx.iter_children(nnx.Linear(1, 1, rngs=nnx.Rngs(0)))]
+  ['bias', 'kernel']
   """
-  check_tree(module, 'iter_children', graph)
-  for name, x in module._graph_children().items():
-    if isinstance(x, Module):
-      yield name, x
+  check_tree(node, 'iter_children', graph)
+  if isinstance(node, Object):
+    items = sorted(node._graph_children().items(), key=lambda kv: str(kv[0]))
+  elif isinstance(node, dict):
+    items = list(node.items())
+  elif isinstance(node, (list, tuple)):
+    items = list(enumerate(node))
+  else:
+    raise TypeError(f'iter_children expects a graph node (a Module, Object, dict or list), '
+                    f'got {type(node).__name__}.')
+  for key, x in items:
+    if isinstance(x, (Object, Variable)):
+      yield key, x
 
 
 class List(Object, MutableSequence):
