@@ -357,3 +357,33 @@ def test_a_freed_variable_argument_frees_its_array_after_jit():
   assert ref() is None
   assert _live(shape) == 0
   assert not f.cache.entries
+
+
+@pytest.mark.parametrize('container', ['list', 'dict', 'nested'])
+def test_a_plain_container_holding_the_model_does_not_keep_it_alive(container):
+  shape = (7, 17)
+  f = nnx.jit(lambda m, x: m(x).sum())
+  model = nnx.Linear(*shape, rngs=nnx.Rngs(0))
+  model.back = {'list': lambda m: [m], 'dict': lambda m: {'m': m},
+                'nested': lambda m: ({'m': [m, jnp.zeros(3)]},)}[container](model)
+  reference = fnnx.Linear(*shape, rngs=fnnx.Rngs(0))
+  np.testing.assert_array_equal(f(model, jnp.ones((1, 7))), reference(jnp.ones((1, 7))).sum())
+  f(model, jnp.ones((1, 7)))  # the cached walk
+  ref = weakref.ref(model)
+  del model, reference
+  gc.collect()
+  assert ref() is None
+  assert _live(shape) == 0
+  assert not f.cache.entries
+
+
+def test_a_raw_array_in_a_list_is_written_back_through_the_cached_walk():
+  m = nnx.Module()
+  m.items = [jnp.zeros(()), nnx.Param(jnp.ones(()))]
+
+  @nnx.jit
+  def step(m):
+    m.items[0] = m.items[0] + m.items[1][...]
+  for _ in range(3):
+    step(m)
+  assert float(m.items[0]) == 3.0

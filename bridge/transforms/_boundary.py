@@ -31,6 +31,7 @@ from bridge.graph import (
   StaticDef,
   VariableDef,
   _Flattener,
+  _key_of,
   _Unflattener,
 )
 from bridge.object import Object, bump_structure_epoch, structure_epoch
@@ -110,8 +111,8 @@ class _AttrSlot:
 
   __slots__ = ('parent', 'key')
 
-  def __init__(self, parent, key):
-    self.parent, self.key = _weak(parent), key
+  def __init__(self, parent_ref, key):
+    self.parent, self.key = parent_ref, key
 
   @property
   def _raw_value(self):
@@ -135,8 +136,39 @@ def _weak(node, callback=None):
   return weakref.ref(node, callback) if isinstance(node, GRAPH_TYPES) else node
 
 
+class _PathRef:
+  """A plain list or dict of the graph, found again from its (weakly held) root on each
+  use: the walk holds no strong reference to it, since a list holding the model (or any
+  Object leading back to it) would keep the model alive."""
+
+  __slots__ = ('root', 'keys')
+
+  def __init__(self, root: weakref.ref, keys: tuple):
+    self.root, self.keys = root, keys
+
+  def __call__(self):
+    node = self.root()
+    for key in self.keys:
+      node = _child(node, key)
+    return node
+
+
+def _child(node, key):
+  if isinstance(node, Object):
+    if type(node)._graph_children is Object._graph_children:
+      return vars(node)[key]
+    return node._graph_children()[key]
+  if type(node) in (list, tuple, dict):
+    return node[key]
+  entries, _ = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda y: y is not node)
+  return next(v for p, v in entries if _key_of(p[0]) == key)
+
+
+_REFS = (weakref.ref, _PathRef)
+
+
 def _strong(ref):
-  return ref() if type(ref) is weakref.ref else ref
+  return ref() if type(ref) in _REFS else ref
 
 
 class _Walker(_Flattener):
@@ -161,7 +193,7 @@ class _Walker(_Flattener):
 
   def _walk_container(self, x, path):
     if type(x) in (list, dict):
-      self.containers[id(x)] = (x, _snapshot(x))
+      self.containers[id(x)] = (x, _snapshot(x), path)
     return super()._walk_container(x, path)
 
 
@@ -179,13 +211,16 @@ class Flat:
     self.epoch = structure_epoch()  # before the walk: a change made during it is not missed
     f = _Walker()
     self.graphdef = GraphDef(f.walk(roots, ()))
-    self._nodes = [_weak(n) for n in f.nodes]
+    self._roots = tuple(_weak(r, on_free) for r in roots)
+    container_paths = {id(c): path for c, _, path in f.containers.values()}
+    self._nodes = [_weak(n) if isinstance(n, GRAPH_TYPES) else
+                   self._path_ref(container_paths[id(n)]) for n in f.nodes]
     self.paths = [path for path, _ in f.leaves]
     # A Variable passed as an argument itself is its own handle: held weakly, as a root.
     root_vars = {id(r) for r in roots if isinstance(r, Variable)}
     self._weak_handles = bool(root_vars)
     self._handles = [(_weak(leaf) if id(leaf) in root_vars else leaf)
-                     if isinstance(leaf, Variable) else _attr_slot(roots, path)
+                     if isinstance(leaf, Variable) else self._attr_slot(roots, path)
                      for path, leaf in f.leaves]
     bounds = [0] * (len(roots) + 1)  # leaves are in root order: root r's are a slice
     for path, _ in f.leaves:
@@ -193,10 +228,19 @@ class Flat:
     for r in range(len(roots)):
       bounds[r + 1] += bounds[r]
     self._groups = [self._handles[bounds[r]:bounds[r + 1]] for r in range(len(roots))]
-    self.containers = list(f.containers.values())
+    self.containers = [(self._path_ref(path), snap) for _, snap, path in f.containers.values()]
     self.statics = f.statics
-    self._roots = tuple(_weak(r, on_free) for r in roots)
     self.calls: dict = {}  # the transform's compiled callables for this walk
+
+  def _path_ref(self, path) -> _PathRef:
+    return _PathRef(self._roots[path[0]], path[1:])
+
+  def _attr_slot(self, roots, path) -> _AttrSlot:
+    parent = roots[path[0]]
+    for key in path[1:-1]:
+      parent = _child(parent, key)
+    ref = weakref.ref(parent) if isinstance(parent, Object) else self._path_ref(path[:-1])
+    return _AttrSlot(ref, path[-1])
 
   @property
   def roots(self) -> tuple:
@@ -234,7 +278,7 @@ class Flat:
       return False
     if self.statics and any(freeze(v) != frozen for v, frozen in self.statics):
       return False
-    return all(_snapshot(c) == snap for c, snap in self.containers)
+    return all(_snapshot(c()) == snap for c, snap in self.containers)
 
   def leaf_groups(self) -> list[list]:
     """The current leaf values, one list per root."""
@@ -246,13 +290,6 @@ def _snapshot(container) -> tuple:
   values = container.values() if isinstance(container, dict) else container
   return (tuple(container) if isinstance(container, dict) else len(container),
           tuple(map(id, values)))
-
-
-def _attr_slot(root, path):
-  parent = root
-  for key in path[:-1]:
-    parent = parent._graph_children()[key] if isinstance(parent, Object) else parent[key]
-  return _AttrSlot(parent, path[-1])
 
 
 class FlatCache:
