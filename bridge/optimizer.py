@@ -112,11 +112,12 @@ class Optimizer(Object):
     raise AttributeError(f'{type(self).__name__!r} object has no attribute {name!r}')
 
   def update(self, model, grads, /, **kwargs):
-    """One optimizer step on ``model`` with ``grads`` (a State from ``bridge.grad``, or a
-    nested dict of arrays); returns the updates."""
+    """One optimizer step on ``model`` with ``grads`` (a State from ``bridge.grad``, a Module
+    of gradients as tree-mode ``grad`` returns, or a nested dict of arrays); returns the
+    updates."""
     params = graph_state(model, self.wrt, graph=self.graph)
     param_arrays = _pure(params)
-    if isinstance(grads, State):
+    if isinstance(grads, (State, Object)):
       grad_arrays = _pure(graph_state(grads, self.wrt, graph=self.graph))
     else:
       grad_arrays = State(grads)

@@ -433,3 +433,24 @@ def _described(signature):
   """Names, kinds and defaults (a class default by its name: ours is bridge's Param)."""
   return [(p.name, p.kind, getattr(p.default, '__name__', p.default))
           for p in signature.parameters.values()]
+
+
+def tree_mode_train_step(lib, x):
+  @jax.jit
+  def step(model, opt):
+    grads = lib.grad(lambda m: (m(x) ** 2).mean(), graph=False)(model)
+    assert isinstance(grads, lib.Linear)  # tree mode: a Module of gradients
+    opt.update(model, grads)
+    return model, opt
+  return step
+
+
+def test_update_takes_the_module_of_gradients_tree_mode_grad_returns_as_flax_nnx():
+  x = jnp.linspace(0.0, 1.0, 8).reshape(4, 2)
+  results = []
+  for lib in (fnnx, nnx):
+    model = lib.Linear(2, 1, rngs=lib.Rngs(0))
+    opt = lib.Optimizer(model, optax.sgd(0.1), wrt=lib.Param)
+    model, opt = tree_mode_train_step(lib, x)(model, opt)
+    results.append(model.kernel[...])
+  np.testing.assert_array_equal(results[1], results[0])
