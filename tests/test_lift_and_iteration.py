@@ -244,3 +244,28 @@ def test_state_axes_with_unmatched_variable_names_it():
   m = Counter()
   with pytest.raises(ValueError, match="'n'"):
     nnx.vmap(lambda m: None, in_axes=nnx.StateAxes({nnx.Param: 0}), axis_size=2)(m)
+
+
+@pytest.mark.parametrize('mode', ['carry', 'broadcast'])
+def test_scan_body_creating_variables_fails_as_in_flax(mode):
+  def run(lib):
+    m = lib.Module()
+    m.w = lib.Param(jnp.ones(()))
+
+    def grow(m):
+      if not hasattr(m, 'b'):
+        m.b = lib.Param(jnp.full((), 2.0))
+      return m.w[...] * m.b[...]
+    if mode == 'carry':
+      def body(m, x):
+        return m, x * grow(m)
+      return lib.scan(body, in_axes=(lib.Carry, 0), out_axes=(lib.Carry, 0))(
+        m, jnp.arange(3.0))
+    def body(m, c, x):
+      return c + x * grow(m), x
+    return lib.scan(body, in_axes=(None, lib.Carry, 0), out_axes=(lib.Carry, 0))(
+      m, 0.0, jnp.arange(3.0))
+  with pytest.raises(Exception) as theirs:  # flax: TypeError (carry), ValueError (broadcast)
+    run(fnnx)
+  with pytest.raises(type(theirs.value), match="new Variables: 'b'; removed: none"):
+    run(nnx)

@@ -46,6 +46,23 @@ from bridge.transforms._boundary import (
 from bridge.variables import Variable
 
 
+class _ScanStructureError(ValueError, TypeError):
+  """A scanned body changed its Modules' structure: flax.nnx raises a TypeError (carried
+  Module) or a ValueError (broadcast Module) there; this is both."""
+
+
+def _structure_changed(before: list, after: list):
+  def fmt(paths):
+    return ', '.join(repr('/'.join(map(str, p[1:]))) for p in paths) or 'none'
+  added = [p for p in after if p not in set(before)]
+  removed = [p for p in before if p not in set(after)]
+  raise _ScanStructureError(
+    f'scan: the body changed the structure of its Modules (new Variables: {fmt(added)}; '
+    f'removed: {fmt(removed)}); scanned bodies must keep it, as in flax.nnx. Create the '
+    'Variables before the scan (e.g. run the body once outside it, or initialize the Module'
+    ' eagerly).')
+
+
 class Carry:
   """In ``scan``'s ``in_axes``/``out_axes``: this argument (or these Variables) is the
   loop carry."""
@@ -285,8 +302,7 @@ def scan(f=None, *, length=None, reverse: bool = False, unroll: int | bool = 1,
       f2 = _Flattener()
       f2.walk(roots, ())
       if len(f2.leaves) != len(leaves):
-        raise ValueError('scan: the body changed the structure of its Modules (new or '
-                         'removed Variables); scanned bodies must keep it.')
+        _structure_changed(flat.paths, [path for path, _ in f2.leaves])
       _axis_change([leaf for _, leaf in f2.leaves], leaf_axes, None, True, transform_metadata)
       new = [leaf.raw_value if isinstance(leaf, Variable) else leaf for _, leaf in f2.leaves]
       new_carry = [x for x, a in zip(new, leaf_axes, strict=True) if a is Carry]
