@@ -278,7 +278,10 @@ class Flat:
       return False
     if self.statics and any(freeze(v) != frozen for v, frozen in self.statics):
       return False
-    return all(_snapshot(c()) == snap for c, snap in self.containers)
+    try:  # (containers are in walk order: a replaced parent fails before its children)
+      return all(_snapshot(c()) == snap for c, snap in self.containers)
+    except (LookupError, TypeError, StopIteration):  # a container's path is gone
+      return False
 
   def leaf_groups(self) -> list[list]:
     """The current leaf values, one list per root."""
@@ -295,7 +298,7 @@ def _snapshot(container) -> tuple:
 class FlatCache:
   """The walks of the last ``size`` argument sets, reused while their structure is
   unchanged. Keyed by the arguments' ids; a walk is dropped as soon as one of its Modules
-  is freed, so the cache never keeps a model (or its arrays) alive."""
+  or Variables is freed, so the cache never keeps a model (or its arrays) alive."""
 
   __slots__ = ('entries', 'size', '__weakref__')
 
