@@ -4,11 +4,12 @@ JAX compares static data (pytree aux data, ``static_argnums``) by hash and equal
 attributes and metadata are often unhashable (lists, dicts, arrays, dataclass configs);
 ``hashable`` wraps them so that they hash and compare by value, frozen when first needed.
 
-The rule for what counts as the value: lists, tuples, dicts and sets by their elements,
-dataclass instances by their type and field values, NumPy arrays by dtype, shape and bytes;
-any other hashable object by its own ``__hash__``/``__eq__``; any other unhashable object by
-identity (an in-place change of such an object is not seen: give it ``__eq__`` and
-``__hash__``, make it a dataclass, or assign a new object).
+The rule for what counts as the value: lists, tuples, dicts and sets by their elements; a
+hashable object by its own ``__hash__``/``__eq__`` (hashable means unchanging, as the hash
+contract asks: a frozen dataclass, a Linen module); an unhashable dataclass instance by its
+type and field values, a NumPy array by dtype, shape and bytes; any other unhashable object
+by identity (an in-place change of such an object is not seen: make it a dataclass, give it
+``__eq__`` and ``__hash__``, or assign a new object).
 """
 
 from __future__ import annotations
@@ -46,12 +47,12 @@ def freeze(value):
     return (type(value).__name__, frozenset(freeze(v) for v in value))
   if isinstance(value, np.ndarray):
     return ('ndarray', value.dtype.str, value.shape, value.tobytes())
-  if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    return (type(value), tuple(freeze(getattr(value, f.name))
-                               for f in dataclasses.fields(value)))
   try:
     hash(value)
   except TypeError:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+      return (type(value), tuple(freeze(getattr(value, f.name))
+                                 for f in dataclasses.fields(value)))
     return ('id', id(value))
   return value
 
@@ -60,8 +61,12 @@ def is_mutable(value) -> bool:
   """Whether ``freeze(value)`` can change while ``value`` stays the same object: what a
   cache keyed on the frozen form must re-check (containers, dataclasses, arrays).
 
-  >>> is_mutable((1, 'a')), is_mutable(([1],)), is_mutable(len)
-  (False, True, False)
+  >>> import dataclasses
+  >>> @dataclasses.dataclass
+  ... class Cfg:
+  ...   sizes: list
+  >>> is_mutable((1, 'a')), is_mutable(([1],)), is_mutable(len), is_mutable(Cfg([1]))
+  (False, True, False, True)
   """
   if type(value) in _IMMUTABLE:
     return False
@@ -70,8 +75,10 @@ def is_mutable(value) -> bool:
   if isinstance(value, (list, dict, set, np.ndarray)):
     return True
   if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    return not type(value).__dataclass_params__.frozen or any(
-      is_mutable(getattr(value, f.name)) for f in dataclasses.fields(value))
+    try:
+      hash(value)
+    except TypeError:
+      return True
   return False
 
 

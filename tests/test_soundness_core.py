@@ -277,6 +277,11 @@ class _Cfg:
   table: np.ndarray
 
 
+@dataclasses.dataclass(frozen=True)
+class _FrozenCfg:
+  sizes: tuple
+
+
 def _configured(lib):
   class M(lib.Module):
     def __init__(self):
@@ -321,6 +326,7 @@ def test_jit_sees_static_data_changed_in_place():
 def test_only_static_values_that_can_change_in_place_are_rechecked():
   f = nnx.jit(lambda m, x: m(x))
   plain = nnx.Linear(2, 2, rngs=nnx.Rngs(0))  # ints, strings, functions, dtypes: no work
+  plain.frozen = _FrozenCfg((1, 2))  # hashable: trusted not to change (like a Linen module)
   f(plain, jnp.ones(2))
   assert f.cache.get((plain,)).statics == []
   configured = _configured(nnx)

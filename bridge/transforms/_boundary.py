@@ -406,7 +406,8 @@ def write_back(flat: Flat, static: OutStatic, leaves: list):
     static.fast = _is_unchanged(flat, static)
   if static.fast:
     set_value = object.__setattr__  # Variable.__setattr__ checks are for users' writes
-    handles, changed = flat.handles, static.changed
+    handles = flat.handles if flat._weak_handles else flat._handles
+    changed = static.changed
     if changed is None:
       n = len(handles)
       for handle, value in zip(handles, leaves, strict=False):
