@@ -25,8 +25,10 @@ _IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None), type,
                         type(Ellipsis)})
 
 
-def freeze(value):
+def freeze(value, _open: frozenset = frozenset()):
   """A hashable stand-in for ``value``, equal for equal values (see the module docstring).
+  A value met again inside itself (``a = []; a.append(a)``) stands for its position in the
+  cycle, so self-referential data freezes too.
 
   >>> import dataclasses
   >>> @dataclasses.dataclass
@@ -36,22 +38,29 @@ def freeze(value):
   (True, False)
   >>> freeze({'a': 1, 'b': 2}) == freeze({'b': 2, 'a': 1})
   True
+  >>> a, b = [1], [1]
+  >>> a.append(a); b.append(b)
+  >>> freeze(a) == freeze(b)
+  True
   """
   if type(value) in _IMMUTABLE:
     return value
+  if id(value) in _open:
+    return ('cycle', len(_open))
+  inner = _open | {id(value)}
   if isinstance(value, (list, tuple)):
-    return (type(value).__name__, tuple(freeze(v) for v in value))
+    return (type(value).__name__, tuple(freeze(v, inner) for v in value))
   if isinstance(value, dict):
-    return ('dict', frozenset((k, freeze(v)) for k, v in value.items()))
+    return ('dict', frozenset((k, freeze(v, inner)) for k, v in value.items()))
   if isinstance(value, (set, frozenset)):
-    return (type(value).__name__, frozenset(freeze(v) for v in value))
+    return (type(value).__name__, frozenset(freeze(v, inner) for v in value))
   if isinstance(value, np.ndarray):
     return ('ndarray', value.dtype.str, value.shape, value.tobytes())
   try:
     hash(value)
   except TypeError:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-      return (type(value), tuple(freeze(getattr(value, f.name))
+      return (type(value), tuple(freeze(getattr(value, f.name), inner)
                                  for f in dataclasses.fields(value)))
     return ('id', id(value))
   return value

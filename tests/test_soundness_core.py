@@ -393,3 +393,25 @@ def test_a_raw_array_in_a_list_is_written_back_through_the_cached_walk():
   for _ in range(3):
     step(m)
   assert float(m.items[0]) == 3.0
+
+
+def test_jit_takes_self_referential_static_data_and_sees_it_change():
+  @dataclasses.dataclass
+  class Node:
+    scale: float
+    parent: object = None
+
+  class Scaled(nnx.Module):
+    def __init__(self):
+      self.w = nnx.Param(jnp.ones(2))
+      self.cfg = Node(2.0)
+      self.cfg.parent = self.cfg  # a cycle: freezing it must not recurse forever
+
+    def __call__(self, x):
+      return x * self.w * self.cfg.parent.scale
+
+  m = Scaled()
+  f = nnx.jit(lambda m, x: m(x))
+  np.testing.assert_array_equal(f(m, jnp.ones(2)), m(jnp.ones(2)))
+  m.cfg.scale = 5.0  # in place, inside the cycle
+  np.testing.assert_array_equal(f(m, jnp.ones(2)), jnp.full(2, 5.0))
