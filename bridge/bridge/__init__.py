@@ -1,7 +1,7 @@
 """``bridge.bridge``: the ``flax.nnx.bridge`` namespace (``import bridge as nnx`` then
 ``nnx.bridge.Module``, ``nnx.bridge.ToNNX``, ...): Linen-style bridge Modules
-(:mod:`bridge.bridge.module`), Linen and plain Modules inside them
-(:mod:`bridge.bridge.interop`), and the Linen <-> bridge wrappers.
+(:mod:`bridge.interop.bridge_module`), Linen and plain Modules inside them
+(:mod:`bridge.interop.bridge_submodules`), and the Linen <-> bridge wrappers.
 
 >>> import bridge as nnx
 >>> nnx.bridge.ToNNX is nnx.ToNNX, nnx.bridge.initializers is nnx.initializers

@@ -54,7 +54,7 @@ def _mutable_names(mutable, present: tp.Iterable[str]):
   outside both, every collection but params (a stateful Module updates its statistics in
   place)."""
   if mutable is None:
-    from bridge.bridge.module import current_module  # imports this module: import late
+    from bridge.interop.bridge_module import current_module  # imports this module: import late
     bridge_parent = current_module()
     if bridge_parent is not None and bridge_parent.scope is not None:
       return bridge_parent.scope.mutable
