@@ -25,7 +25,7 @@ _IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None), type,
                         type(Ellipsis)})
 
 
-def freeze(value, _open: frozenset = frozenset()):
+def freeze(value, _open: set | None = None):
   """A hashable stand-in for ``value``, equal for equal values (see the module docstring).
   A value met again inside itself (``a = []; a.append(a)``) stands for its position in the
   cycle, so self-referential data freezes too.
@@ -45,22 +45,31 @@ def freeze(value, _open: frozenset = frozenset()):
   """
   if type(value) in _IMMUTABLE:
     return value
+  if _open is None:
+    _open = set()
   if id(value) in _open:
     return ('cycle', len(_open))
-  inner = _open | {id(value)}
+  _open.add(id(value))
+  try:
+    return _freeze_inside(value, _open)
+  finally:
+    _open.discard(id(value))
+
+
+def _freeze_inside(value, _open: set):
   if isinstance(value, (list, tuple)):
-    return (type(value).__name__, tuple(freeze(v, inner) for v in value))
+    return (type(value).__name__, tuple(freeze(v, _open) for v in value))
   if isinstance(value, dict):
-    return ('dict', frozenset((k, freeze(v, inner)) for k, v in value.items()))
+    return ('dict', frozenset((k, freeze(v, _open)) for k, v in value.items()))
   if isinstance(value, (set, frozenset)):
-    return (type(value).__name__, frozenset(freeze(v, inner) for v in value))
+    return (type(value).__name__, frozenset(freeze(v, _open) for v in value))
   if isinstance(value, np.ndarray):
     return ('ndarray', value.dtype.str, value.shape, value.tobytes())
   try:
     hash(value)
   except TypeError:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-      return (type(value), tuple(freeze(getattr(value, f.name), inner)
+      return (type(value), tuple(freeze(getattr(value, f.name), _open)
                                  for f in dataclasses.fields(value)))
     return ('id', id(value))
   return value

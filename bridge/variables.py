@@ -66,6 +66,17 @@ def canonical_hooks(kwargs: dict) -> dict:
   return hooks
 
 
+
+def _same_metadata(a: dict, b: dict) -> bool:
+  """``a == b`` for metadata dicts, by identity or plain ``==`` first (the per-call case of
+  ``update_from_state``), by frozen value where ``==`` is ambiguous (array values)."""
+  if a is b:
+    return True
+  try:
+    return bool(a == b)
+  except ValueError:
+    return hashable(a) == hashable(b)
+
 class VariableMetadata:
   """A value waiting to become a Variable, with the hooks and metadata it will carry.
 
@@ -339,7 +350,7 @@ class Variable:
   def update_from_state(self, other: Variable) -> None:
     """Takes the value and metadata of ``other`` (of the same type) in place."""
     object.__setattr__(self, '_raw_value', other._raw_value)
-    if hashable(other._metadata) != hashable(self._metadata):
+    if not _same_metadata(other._metadata, self._metadata):
       object.__setattr__(self, '_metadata', dict(other._metadata))
       bump_structure_epoch()  # metadata is part of the GraphDef
 

@@ -212,9 +212,8 @@ class Flat:
     f = _Walker()
     self.graphdef = GraphDef(f.walk(roots, ()))
     self._roots = tuple(_weak(r, on_free) for r in roots)
-    container_paths = {id(c): path for c, _, path in f.containers.values()}
     self._nodes = [_weak(n) if isinstance(n, GRAPH_TYPES) else
-                   self._path_ref(container_paths[id(n)]) for n in f.nodes]
+                   self._path_ref(f.containers[id(n)][2]) for n in f.nodes]
     self.paths = [path for path, _ in f.leaves]
     # A Variable passed as an argument itself is its own handle: held weakly, as a root.
     root_vars = {id(r) for r in roots if isinstance(r, Variable)}
@@ -285,8 +284,7 @@ class Flat:
 
   def leaf_groups(self) -> list[list]:
     """The current leaf values, one list per root."""
-    groups = self.groups if self._weak_handles else self._groups
-    return [[h._raw_value for h in group] for group in groups]
+    return [[h._raw_value for h in group] for group in self.groups]
 
 
 def _snapshot(container) -> tuple:
@@ -406,7 +404,7 @@ def write_back(flat: Flat, static: OutStatic, leaves: list):
     static.fast = _is_unchanged(flat, static)
   if static.fast:
     set_value = object.__setattr__  # Variable.__setattr__ checks are for users' writes
-    handles = flat.handles if flat._weak_handles else flat._handles
+    handles = flat.handles
     changed = static.changed
     if changed is None:
       n = len(handles)

@@ -31,6 +31,7 @@ import typing as tp
 from bridge.graph import _fmt, walk_paths
 from bridge.graph_mode import resolve
 from bridge.object import Object
+from bridge.pytreelib import find_duplicates
 from bridge.variables import Variable
 
 
@@ -72,18 +73,13 @@ def prepare(name: str, args: tuple, kwargs: dict, graph: bool) -> tuple[tuple, d
 
 
 def _check_no_sharing(name, args, kwargs):
-  seen: dict[int, tp.Any] = {}
-  paths: dict[int, list] = {}
-  for path, x in walk_paths({'args': args, 'kwargs': kwargs}):
-    seen[id(x)] = x
-    paths.setdefault(id(x), []).append(path)
-  for ps in paths.values():
-    if len(ps) > 1:
-      listed = '\n'.join(f'  - {_fmt(p)}' for p in ps)
-      raise ValueError(
-        f'nnx.{name} in tree mode (graph=False) found a shared reference at paths:\n'
-        f'{listed}\nTree mode does not support shared Variables or Modules. Remove the '
-        f'duplicates, create separate ones with nnx.clone(), or pass graph=True.')
+  duplicates = find_duplicates({'args': args, 'kwargs': kwargs})
+  if duplicates:
+    listed = '\n'.join(f'  - {_fmt(p)}' for p in duplicates[0])
+    raise ValueError(
+      f'nnx.{name} in tree mode (graph=False) found a shared reference at paths:\n'
+      f'{listed}\nTree mode does not support shared Variables or Modules. Remove the '
+      f'duplicates, create separate ones with nnx.clone(), or pass graph=True.')
 
 
 def detach(x, memo: dict):
