@@ -88,6 +88,34 @@ class RngStream(RngMethods, Object):
     return type(self)(jnp.broadcast_to(key, shape + key.shape), tag=self.tag)
 
 
+
+class MissingRngStreamError(LookupError):
+  """An ``Rngs`` has neither the stream asked for nor ``default``; ``name`` is the stream.
+  Raised as a ``KeyError`` by ``rngs[name]`` and an ``AttributeError`` by ``rngs.name``.
+
+  >>> import bridge as nnx
+  >>> try:
+  ...   nnx.Rngs(params=0).dropout
+  ... except MissingRngStreamError as e:
+  ...   print(e.name, isinstance(e, AttributeError))
+  dropout True
+  """
+
+  def __init__(self, name: str, message: str):
+    super().__init__(message)
+    self.name = name
+
+
+class _MissingKey(MissingRngStreamError, KeyError):
+  pass
+
+
+class _MissingAttribute(MissingRngStreamError, AttributeError):
+  pass
+
+
+_MISSING = {KeyError: _MissingKey, AttributeError: _MissingAttribute}
+
 class Rngs(RngMethods, Object):
   """Named RNG streams: ``Rngs(0)``, ``Rngs(params=0, dropout=1)``, ``Rngs({'a': 0})``.
 
@@ -106,6 +134,8 @@ class Rngs(RngMethods, Object):
       setattr(self, tag, RngStream(key, tag=tag))
 
   def _stream(self, name: str, error: type[Exception]) -> RngStream:
+    """The stream ``name`` (or ``default``); a ``MissingRngStreamError`` that is also an
+    ``error`` when neither is there."""
     streams = vars(self)
     stream = streams.get(name)
     if isinstance(stream, RngStream):
@@ -113,8 +143,9 @@ class Rngs(RngMethods, Object):
     default = streams.get('default')
     if isinstance(default, RngStream):
       return default
-    raise error(f'No RNG stream {name!r} in Rngs({", ".join(self)}) and no \'default\' '
-                f'stream to fall back to; pass it, e.g. nnx.Rngs({name}=0).')
+    raise _MISSING[error](
+      name, f'No RNG stream {name!r} in Rngs({", ".join(self)}) and no \'default\' stream '
+      f'to fall back to; pass it, e.g. nnx.Rngs({name}=0).')
 
   def __getitem__(self, name: str) -> RngStream:
     return self._stream(name, KeyError)

@@ -23,7 +23,6 @@ which the initializers are traced once but never run.
 from __future__ import annotations
 
 import functools
-import re
 import typing as tp
 
 import flax.errors
@@ -39,7 +38,7 @@ from bridge.interop.collections import _flat, collection_of, tree_to_linen
 from bridge.interop.metadata import to_linen_var, to_nnx_var
 from bridge.interop.to_nnx import ToNNX, set_initializing
 from bridge.module import Module
-from bridge.rngs import RngCount, RngKey, Rngs, RngState
+from bridge.rngs import MissingRngStreamError, RngCount, RngKey, Rngs, RngState
 from bridge.transforms.lift import eval_shape
 from bridge.variables import Variable
 
@@ -191,13 +190,10 @@ class ToLinen(nn.Module):
     try:
       return _construct(self.nnx_class, self.args, self.kwargs, False, rng_names,
                         keys.__getitem__)
-    except (AttributeError, KeyError) as e:
-      missing = re.search(r"No RNG stream '([^']*)' in Rngs", str(e))
-      if missing is None:
-        raise
+    except MissingRngStreamError as e:
       raise flax.errors.InvalidRngError(
         f'{self.name or type(self).__name__} (ToLinen({_name(self.nnx_class)})) needs PRNG '
-        f'for "{missing[1]}"; init got rngs for {list(rng_names)}. Pass a key: '
+        f'for "{e.name}"; init got rngs for {list(rng_names)}. Pass a key: '
         '`init(key, ...)` or `init({"params": key, ...}, ...)`.') from e
 
   def _key(self, rng_names) -> tp.Hashable:
