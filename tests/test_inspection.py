@@ -85,11 +85,14 @@ def test_recursive_map_visits_like_flax():
     return f
 
   ours, theirs = [], []
-  new = nnx.recursive_map(record(nnx, ours), model(nnx))
-  fnnx.recursive_map(record(fnnx, theirs), model(fnnx))
+  original = model(nnx)
+  new = nnx.recursive_map(record(nnx, ours), original)
+  fnew = fnnx.recursive_map(record(fnnx, theirs), model(fnnx))
   assert ours == theirs
   assert ours[-1] == ((), 'Model') and (('layers', 0), 'Linear') in ours
-  assert new.lin.kernel is not None
+  np.testing.assert_array_equal(new.lin.kernel[...], fnew.lin.kernel[...])
+  assert new is not original and new.lin.kernel is original.lin.kernel  # as flax: a new
+  # graph holding the same Variables when f returns each value unchanged
 
 
 def test_recursive_map_replaces_modules_in_a_copy():
@@ -149,10 +152,14 @@ def test_from_flat_state_takes_a_mapping_or_pairs():
   assert type(nnx.from_flat_state(flat, cls=MyState)) is MyState
 
 
-def test_graph_key():
+def test_graph_key_names_the_hashable_path_entries():
   import typing
-  assert nnx.graph.Key is typing.Hashable
+  # flax's Key is a Protocol usable only in annotations; bridge's is typing.Hashable, the
+  # same contract, usable with isinstance too (a deliberate difference).
+  assert typing.get_origin(nnx.graph.PathParts) is typing.get_origin(fnnx.graph.PathParts)
   assert nnx.graph.PathParts == tuple[nnx.graph.Key, ...]
+  assert all(isinstance(k, nnx.graph.Key) for k in ('a', 0, ('t', 1)))
+  assert not isinstance([1], nnx.graph.Key)
 
 
 @pytest.mark.parametrize('xs', [

@@ -68,6 +68,9 @@ def test_count_include_pad_changes_border_windows_only():
   without = nnx.avg_pool(x, (2, 2), padding='SAME', count_include_pad=False)[0, :, :, 0]
   np.testing.assert_array_equal(without, np.ones((3, 3)))
   np.testing.assert_array_equal(with_pad, [[1, 1, .5], [1, 1, .5], [.5, .5, .25]])
+  np.testing.assert_array_equal(with_pad, nn.avg_pool(x, (2, 2), padding='SAME')[0, :, :, 0])
+  np.testing.assert_array_equal(
+    without, nn.avg_pool(x, (2, 2), padding='SAME', count_include_pad=False)[0, :, :, 0])
 
 
 def test_integer_and_half_inputs_keep_linen_dtypes():
