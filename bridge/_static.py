@@ -20,7 +20,7 @@ import types
 import numpy as np
 
 # Values that never change in place (functions: by identity, as jax.jit compares them).
-_IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None), type, np.dtype,
+IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None), type, np.dtype,
                         types.FunctionType, types.BuiltinFunctionType, types.MethodType,
                         type(Ellipsis)})
 
@@ -43,7 +43,7 @@ def freeze(value, _open: set | None = None):
   >>> freeze(a) == freeze(b)
   True
   """
-  if type(value) in _IMMUTABLE:
+  if type(value) in IMMUTABLE:
     return value
   if _open is None:
     _open = set()
@@ -86,7 +86,7 @@ def is_mutable(value) -> bool:
   >>> is_mutable((1, 'a')), is_mutable(([1],)), is_mutable(len), is_mutable(Cfg([1]))
   (False, True, False, True)
   """
-  if type(value) in _IMMUTABLE:
+  if type(value) in IMMUTABLE:
     return False
   if isinstance(value, (tuple, frozenset)):
     return any(map(is_mutable, value))

@@ -34,7 +34,7 @@ import numpy as np
 
 from bridge import object as objectlib
 from bridge import variables as variablelib
-from bridge._static import hashable
+from bridge._static import IMMUTABLE, hashable
 
 A = tp.TypeVar('A')
 Data = tp.Annotated[A, '__data__']
@@ -232,7 +232,7 @@ def _is_data_attr(obj, name, value) -> bool:
   rebuilt = vars(obj).get('_object__data')
   if rebuilt is not None and name in rebuilt:
     return True
-  return bool(has_data(value))
+  return type(value) not in IMMUTABLE and bool(has_data(value))
 
 
 def _flatten_with_keys(obj):
@@ -240,10 +240,16 @@ def _flatten_with_keys(obj):
   key = type(obj)._object__pytree_key
   names = sorted(children)  # sorted, so equal objects built in any order match
   data_items = [k for k in names if _is_data_attr(obj, k, children[k])]
-  static = tuple((k, hashable(children[k])) for k in names if k not in data_items)
+  static = tuple((k, _static_aux(children[k])) for k in names if k not in data_items)
   explicit = vars(obj).get('_object__explicit')
   aux = (tuple(names), static, tuple(sorted(explicit.items())) if explicit else ())
   return tuple((key(k), children[k]) for k in data_items), aux
+
+
+def _static_aux(value):
+  """``value`` as pytree aux data: as it is when it never changes (ints, strings, functions:
+  compared at C speed on every jax.jit call), else wrapped to compare by value."""
+  return value if type(value) in IMMUTABLE else hashable(value)
 
 
 def _flatten(obj):
@@ -254,7 +260,7 @@ def _flatten(obj):
 def _make_unflatten(cls):
   def unflatten(aux, leaves):
     names, static, explicit = aux
-    static_values = {k: v.value for k, v in static}
+    static_values = {k: v.value if type(v) is hashable else v for k, v in static}
     data_names = [k for k in names if k not in static_values]
     values = {**dict(zip(data_names, leaves, strict=True)), **static_values}
     obj = object.__new__(cls)
